@@ -1,0 +1,163 @@
+"""One explicit registry of every model the program knows.
+
+Facts about a model (size multiple, tiling, precisions, scale, default weights) live here in a
+:class:`ModelSpec`, not in the module (the spandrel idea). Builders are import paths so that this
+module — and ``lowlight --help`` — never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lowlight_cli.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine, training, export and tests need to know about one model.
+
+    Attributes:
+        name: registry id (``symnet``); weights ids are ``name.tag`` (``symnet.lol``).
+        builder: ``module:Class`` of the ``nn.Module``; keyword-only constructor.
+        kwargs: constructor keyword arguments of the default architecture.
+        title: paper title / one-line description.
+        kind: ``neural`` (trained weights) or ``classical`` (no weights).
+        size_multiple: input H and W must be multiples of this (the engine pads).
+        supports_tiling: the model may be run on overlapping tiles.
+        fp16_safe: half precision gives results within tolerance of fp32.
+        bf16_safe: bfloat16 likewise.
+        scale: output size / input size.
+        default_weights: weights id in ``weights_manifest.json`` (None: no weights needed).
+        exportable: can be exported to ONNX.
+        receptive_margin: pixels of context a tile needs on each side for seamless merging.
+    """
+
+    name: str
+    builder: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    kind: str = "neural"
+    size_multiple: int = 1
+    supports_tiling: bool = True
+    fp16_safe: bool = False
+    bf16_safe: bool = False
+    scale: int = 1
+    default_weights: str | None = None
+    exportable: bool = True
+    receptive_margin: int = 32
+
+    def build(self, **overrides: Any) -> nn.Module:
+        """Instantiate the module with the default kwargs updated by ``overrides``."""
+        module_name, _, cls_name = self.builder.partition(":")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return cls(**{**self.kwargs, **overrides})
+
+
+MODELS: dict[str, ModelSpec] = {
+    "symnet": ModelSpec(
+        name="symnet",
+        builder="lowlight_cli.models.symnet:SymNet",
+        kwargs={"num_blocks": 8, "rounds": 3},
+        title="Deep Symmetric Network for Underexposed Image Enhancement (ICCV 2021)",
+        size_multiple=1,
+        default_weights="symnet.lol",
+    ),
+    "nrl": ModelSpec(
+        name="nrl",
+        builder="lowlight_cli.models.nrl:NRL",
+        kwargs={"channels": 64, "steps": 6},
+        title="Non-identical residual learning with dynamic perceptual loss",
+        size_multiple=1,
+        default_weights="nrl.lol",
+    ),
+    "frlie": ModelSpec(
+        name="frlie",
+        builder="lowlight_cli.models.frlie:FRLIE",
+        kwargs={},
+        title="Feature restoration for low-light image enhancement (ICASSP 2022)",
+        size_multiple=4,
+        default_weights="frlie.lol",
+    ),
+    "neid": ModelSpec(
+        name="neid",
+        builder="lowlight_cli.models.neid:NEID",
+        kwargs={"upscale": False},
+        title="Light enhancement + detail refinement (LE/DR/FF)",
+        size_multiple=16,
+        default_weights="neid.lol",
+    ),
+    "gamma": ModelSpec(
+        name="gamma",
+        builder="lowlight_cli.models.classical:AdaptiveGamma",
+        title="Adaptive global gamma (classical baseline)",
+        kind="classical",
+        fp16_safe=True,
+        bf16_safe=True,
+        receptive_margin=0,
+    ),
+    "clahe": ModelSpec(
+        name="clahe",
+        builder="lowlight_cli.models.classical:Clahe",
+        title="Gamma, then OpenCV CLAHE on lightness (classical baseline)",
+        kind="classical",
+        exportable=False,
+        receptive_margin=64,
+    ),
+}
+
+NEURAL_MODELS: tuple[str, ...] = tuple(n for n, s in MODELS.items() if s.kind == "neural")
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec for ``name`` (a model id, or a weights id ``name.tag``).
+
+    Raises:
+        UsageError: unknown model, with the list of known ones.
+    """
+    base = name.split(".", 1)[0].lower()
+    if base not in MODELS:
+        raise UsageError(
+            f"unknown model '{name}'", hint=f"choose one of: {', '.join(MODELS)}"
+        )
+    return MODELS[base]
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build model ``name`` with random (untrained) weights in eval mode."""
+    model = get_spec(name).build(**overrides)
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or frozen) of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    **overrides: Any,
+) -> nn.Module:
+    """Build ``name`` and load its weights (``weights``: id, path, or None for the default).
+
+    Classical models need no weights and ignore ``weights``.
+    """
+    from lowlight_cli.weights import load_state_dict
+
+    spec = get_spec(name)
+    model = spec.build(**overrides)
+    if spec.kind == "neural":
+        ref = weights if weights is not None else spec.default_weights
+        state = load_state_dict(ref, spec=spec)
+        model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

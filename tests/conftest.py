@@ -1,0 +1,30 @@
+"""Shared fixtures: where ../shared is, small synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LOWLIGHT_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared data, absent on this machine)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets its own weights cache and never touches the network by accident."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("LOWLIGHT_CACHE_DIR", str(cache))
+    monkeypatch.delenv("LOWLIGHT_MANIFEST", raising=False)
+    monkeypatch.delenv("LOWLIGHT_WEIGHTS_URL", raising=False)
+    yield

@@ -1,0 +1,60 @@
+"""The CLI surface: help, version, lazy imports, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from lowlight_cli import __version__
+from lowlight_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("enhance", "batch", "train", "benchmark", "weights", "export", "models"):
+        assert command in result.stdout
+
+
+def test_help_does_not_import_torch_or_onnxruntime() -> None:
+    code = (
+        "import sys\n"
+        "from lowlight_cli.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'cv2') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY=\n" in out.stdout, out.stdout
+
+
+def test_models_json_lists_registry() -> None:
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    names = {m["name"] for m in json.loads(result.stdout)["models"]}
+    assert {"symnet", "nrl", "frlie", "neid", "gamma", "clahe"} <= names
+
+
+def test_unknown_model_is_usage_error() -> None:
+    from lowlight_cli.constants import ExitCode
+    from lowlight_cli.errors import UsageError
+    from lowlight_cli.registry import get_spec
+
+    try:
+        get_spec("nope")
+    except UsageError as err:
+        assert err.exit_code == ExitCode.USAGE
+        assert "symnet" in str(err)
+    else:  # pragma: no cover
+        raise AssertionError("no error")
