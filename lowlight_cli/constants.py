@@ -7,7 +7,7 @@ from enum import IntEnum
 APP_NAME = "lowlight"
 PACKAGE_NAME = "lowlight_cli"
 MANIFEST_FILENAME = "weights_manifest.json"
-BUNDLED_WEIGHTS_DIR = "weights"  # inside the package
+BUNDLED_WEIGHTS_DIR = "bundled"  # inside the package: lowlight_cli/bundled/*.safetensors
 
 # Environment variables (every often-used option has one).
 ENV_DEVICE = "LOWLIGHT_DEVICE"
