@@ -1,0 +1,2 @@
+"""Training: paired/synthetic data, the papers' losses and recipes, and the loop (never imported
+by inference)."""
