@@ -1,0 +1,824 @@
+"""Photo-grade image reading and writing.
+
+``read_image`` turns a file (or stdin) into a :class:`Photo`: float32 RGB pixels in [0, 1] with
+the EXIF orientation applied, plus everything needed to write the result back faithfully (alpha,
+bit depth, ICC profile, EXIF, the original mode). ``write_image`` encodes new pixels with that
+metadata and commits the file atomically.
+
+Choices worth knowing (see ``docs/image-io.md``):
+
+* Bit depth comes from the file's header/dtype, never from pixel values.
+* 16-bit PNG and TIFF pixels go through OpenCV, because Pillow cannot hold 16-bit RGB.
+* Grayscale photos are enhanced as RGB and written back as grayscale (BT.601 luminance).
+* Alpha is carried through untouched; JPEG and BMP outputs drop it.
+* The EXIF orientation is applied on read and reset to 1 in the carried EXIF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import struct
+import sys
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lowlight_cli.constants import DEFAULT_JPEG_QUALITY, DEFAULT_STDOUT_FORMAT, MAX_IMAGE_PIXELS
+from lowlight_cli.errors import ImageError, UsageError
+
+# Pillow's own bomb guard uses the program's limit: it warns above it (escalated to an error
+# below) and raises above twice it. One limit, one message.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+_EXIF_PREFIX = b"Exif\x00\x00"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ORIENTATION_TAG = 0x0112
+_TIFF_ICC_TAG = 34675
+_TIFF_BITS_TAG = 258
+_TIFF_EXIF_IFD = 0x8769
+_TIFF_GPS_IFD = 0x8825
+# IFD0 tags worth carrying from a TIFF input into the output's EXIF (descriptive ones only; the
+# layout tags like StripOffsets describe the old file and would be wrong in a new one).
+_TIFF_DESCRIPTIVE_TAGS = (270, 271, 272, 305, 306, 315, 33432)
+# PNG chunks that describe colour in ways an embedded ICC profile supersedes.
+_PNG_COLOUR_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM")
+_MAX_JPEG_EXIF = 65533  # one APP1 segment
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # same weights as Pillow's "L"
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What one output format can carry.
+
+    Attributes:
+        name: canonical (Pillow-style) name, e.g. ``"JPEG"``.
+        extensions: file suffixes, preferred first.
+        bit_depths: bits per channel it can store.
+        alpha: stores an alpha channel.
+        icc: stores an ICC profile.
+        exif: stores EXIF.
+    """
+
+    name: str
+    extensions: tuple[str, ...]
+    bit_depths: tuple[int, ...]
+    alpha: bool
+    icc: bool
+    exif: bool
+
+
+FORMATS: dict[str, ImageFormat] = {
+    "JPEG": ImageFormat("JPEG", (".jpg", ".jpeg"), (8,), alpha=False, icc=True, exif=True),
+    "PNG": ImageFormat("PNG", (".png",), (8, 16), alpha=True, icc=True, exif=True),
+    "TIFF": ImageFormat("TIFF", (".tif", ".tiff"), (8, 16), alpha=True, icc=True, exif=False),
+    "WEBP": ImageFormat("WEBP", (".webp",), (8,), alpha=True, icc=True, exif=True),
+    "BMP": ImageFormat("BMP", (".bmp",), (8,), alpha=False, icc=False, exif=False),
+}
+
+# Pillow format names we accept on read -> our format name. MPO is how Pillow names the
+# multi-picture JPEGs many phones write.
+_READ_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "TIFF": "TIFF", "WEBP": "WEBP"}
+_READ_FORMATS["BMP"] = "BMP"
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+
+
+@dataclass
+class Photo:
+    """A decoded photo plus what is needed to write a result back faithfully.
+
+    Attributes:
+        pixels: ``(H, W, 3)`` float32 RGB in [0, 1], EXIF orientation applied (grayscale
+            inputs are replicated to three channels).
+        alpha: ``(H, W)`` float32 in [0, 1], or None.
+        bit_depth: bits per channel of the file (8 or 16), from its header, not its values.
+        icc_profile: embedded ICC profile bytes, or None.
+        exif: EXIF bytes (``Exif\\0\\0`` + TIFF structure) with orientation reset to 1, or None.
+        format: canonical format name (``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"WEBP"``, ``"BMP"``).
+        mode: the file's Pillow-like mode (``"L"``, ``"LA"``, ``"RGB"``, ``"RGBA"``, ``"I;16"``,
+            ``"P"``...); 16-bit colour files report ``"RGB"``/``"RGBA"`` with ``bit_depth=16``.
+        source: the file it came from (resolved), or None for stdin.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    bit_depth: int = 8
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str = "PNG"
+    mode: str = "RGB"
+    source: Path | None = None
+
+    @property
+    def height(self) -> int:
+        """Height in pixels (after orientation)."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Width in pixels (after orientation)."""
+        return int(self.pixels.shape[1])
+
+    @property
+    def is_grayscale(self) -> bool:
+        """True when the file was grayscale; the result is written back as grayscale."""
+        return self.mode in _GRAY_MODES
+
+
+# --------------------------------------------------------------------------------------------
+# Formats and paths
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_format(name: str) -> str:
+    """Canonical output format name for ``jpg``, ``.JPEG``, ``tif``, ``png``...
+
+    Raises:
+        UsageError: the format is not one we write.
+    """
+    key = name.strip().lstrip(".").upper()
+    key = _FORMAT_ALIASES.get(key, key)
+    if key not in FORMATS:
+        raise UsageError(
+            f"unsupported output format {name!r}",
+            hint="use one of: " + ", ".join(ext for f in FORMATS.values() for ext in f.extensions),
+        )
+    return key
+
+
+def format_for_path(path: str | Path) -> str | None:
+    """Output format implied by a file name's suffix, or None when the suffix is not known."""
+    suffix = Path(path).suffix.lower()
+    for fmt in FORMATS.values():
+        if suffix in fmt.extensions:
+            return fmt.name
+    return None
+
+
+def output_path_for(
+    source: str | Path,
+    out_dir: str | Path | None = None,
+    suffix: str = "_enhanced",
+    fmt: str | None = None,
+) -> Path:
+    """Where the result for ``source`` goes: ``<out_dir>/<stem><suffix><ext>``.
+
+    Args:
+        source: input file path.
+        out_dir: output folder (None: beside the input).
+        suffix: appended to the stem; may be empty when ``out_dir`` differs from the input's.
+        fmt: output format (None: keep the input's format when writable, else PNG).
+
+    Raises:
+        UsageError: ``source`` is stdin, or ``fmt`` is unknown.
+    """
+    if str(source) == "-":
+        raise UsageError("cannot derive an output name for stdin", hint="pass --output")
+    src = Path(source)
+    folder = Path(out_dir) if out_dir is not None else src.parent
+    input_ext = src.suffix.lower()
+    name = (format_for_path(src) or "PNG") if fmt is None else normalize_format(fmt)
+    # Keep the user's own spelling (.jpeg, .tiff) when the format is unchanged.
+    ext = input_ext if input_ext in FORMATS[name].extensions else FORMATS[name].extensions[0]
+    return folder / f"{src.stem}{suffix}{ext}"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_image(source: str | Path) -> Photo:
+    """Read a photo from a file, or from stdin when ``source`` is ``"-"``.
+
+    Args:
+        source: path to a JPEG, PNG (8/16-bit), TIFF (8/16-bit), WebP or BMP file, or ``"-"``.
+
+    Returns:
+        The :class:`Photo`; pixels ``(H, W, 3)`` float32 RGB in [0, 1], orientation applied.
+
+    Raises:
+        ImageError: missing, unreadable, empty, truncated, not an image, unsupported format, or
+            larger than ``constants.MAX_IMAGE_PIXELS`` (checked from the header, before decoding).
+    """
+    if str(source) == "-":
+        label, path = "<stdin>", None
+        try:
+            data = sys.stdin.buffer.read()
+        except OSError as exc:
+            raise ImageError(f"cannot read {label}: {_reason(exc)}") from exc
+    else:
+        path = Path(source).expanduser()
+        label = str(source)
+        data = _read_file_bytes(path, label)
+    if not data:
+        raise ImageError(f"cannot read {label}: it is empty (0 bytes)")
+    photo = decode_image(data, label=label)
+    photo.source = path.resolve() if path is not None else None
+    return photo
+
+
+def _read_file_bytes(path: Path, label: str) -> bytes:
+    try:
+        if path.is_dir():
+            raise ImageError(f"cannot read {label}: it is a folder, not an image file")
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(f"cannot read {label}: no such file", hint="check the path") from exc
+    except PermissionError as exc:
+        raise ImageError(
+            f"cannot read {label}: permission denied", hint="check the file's permissions"
+        ) from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"cannot read {label}: it is a folder, not an image file") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read {label}: {_reason(exc)}") from exc
+
+
+def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
+    """Decode encoded image bytes into a :class:`Photo` (``source`` left as None).
+
+    Args:
+        data: the whole encoded file.
+        label: how to name the image in error messages.
+
+    Raises:
+        ImageError: as :func:`read_image`.
+    """
+    supported = ", ".join(sorted(set(_READ_FORMATS.values())))
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; a warning would let a bomb through.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                pil_format = im.format or ""
+                if pil_format not in _READ_FORMATS:
+                    raise ImageError(
+                        f"cannot read {label}: unsupported format {pil_format or 'unknown'}",
+                        hint=f"supported: {supported}",
+                    )
+                width, height = im.size
+                _check_size(width, height, label)
+                fmt = _READ_FORMATS[pil_format]
+                bit_depth = _header_bit_depth(data, im, fmt, label)
+                orientation = _orientation(im)
+                icc = im.info.get("icc_profile") or None
+                exif = _carried_exif(im, fmt)
+                mode = im.mode
+                if bit_depth == 16:
+                    rgb, alpha, mode = _decode_16bit(data, im, fmt, label)
+                else:
+                    rgb, alpha = _decode_8bit(im, label)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"cannot read {label}: image is larger than {MAX_IMAGE_PIXELS} pixels",
+            hint="this limit guards against decompression bombs; downscale the image first",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"cannot read {label}: not a recognised image file", hint=f"supported: {supported}"
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
+        # Pillow reports truncated and corrupt data through all of these.
+        raise ImageError(f"cannot read {label}: corrupt or truncated ({_reason(exc)})") from exc
+
+    rgb = _apply_orientation(rgb, orientation)
+    if alpha is not None:
+        alpha = _apply_orientation(alpha, orientation)
+    if icc is not None and _icc_space(icc) not in (b"RGB ", b"GRAY"):
+        # e.g. a CMYK profile from a CMYK JPEG: the pixels are now RGB, so it no longer applies.
+        icc = None
+    return Photo(
+        pixels=np.ascontiguousarray(rgb),
+        alpha=None if alpha is None else np.ascontiguousarray(alpha),
+        bit_depth=bit_depth,
+        icc_profile=icc,
+        exif=exif,
+        format=fmt,
+        mode=mode,
+    )
+
+
+def _check_size(width: int, height: int, label: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"cannot read {label}: invalid size {width}x{height}")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"cannot read {label}: {width}x{height} is larger than {MAX_IMAGE_PIXELS} pixels",
+            hint="this limit guards against decompression bombs; downscale the image first",
+        )
+
+
+def _header_bit_depth(data: bytes, im: Image.Image, fmt: str, label: str) -> int:
+    """Bits per channel as the file declares it (PNG IHDR, TIFF BitsPerSample)."""
+    if fmt == "PNG" and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return 16 if data[24] == 16 else 8
+    if fmt == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(_TIFF_BITS_TAG, 8)
+        bits = max(bits) if isinstance(bits, tuple) else int(bits)
+        if bits == 16:
+            return 16
+        if bits > 16:
+            raise ImageError(
+                f"cannot read {label}: {bits}-bit TIFF samples are not supported",
+                hint="save it as 8- or 16-bit integer TIFF",
+            )
+    return 8
+
+
+def _decode_8bit(im: Image.Image, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        mode in ("P", "L", "RGB") and "transparency" in im.info
+    )
+    if mode in ("I", "F", "I;16", "I;16L", "I;16B", "I;16N"):
+        raise ImageError(
+            f"cannot read {label}: unsupported pixel mode {mode}",
+            hint="save it as 8- or 16-bit integer RGB or grayscale",
+        )
+    if mode in _GRAY_MODES:
+        gray = np.asarray(im.convert("LA" if has_alpha else "L"))
+        luma = gray[..., 0] if has_alpha else gray
+        rgb = np.repeat(luma[..., None], 3, axis=2)
+        alpha = gray[..., 1] if has_alpha else None
+    else:
+        arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+        rgb = arr[..., :3]
+        alpha = arr[..., 3] if has_alpha else None
+    scale = np.float32(1.0 / 255.0)
+    return (
+        rgb.astype(np.float32) * scale,
+        None if alpha is None else alpha.astype(np.float32) * scale,
+    )
+
+
+def _decode_16bit(
+    data: bytes, im: Image.Image, fmt: str, label: str
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """16-bit PNG/TIFF through OpenCV (IMREAD_UNCHANGED keeps dtype and ignores orientation)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None and fmt == "TIFF":
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            arr = tif.pages[0].asarray()
+        # tifffile returns RGB order; match OpenCV's BGR so one code path follows.
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = arr[..., [2, 1, 0, *range(3, arr.shape[2])]]
+    if arr is None or arr.size == 0:
+        raise ValueError("the 16-bit decoder could not read the pixel data")
+    if arr.dtype != np.uint16:
+        raise ValueError(f"unsupported 16-bit sample type {arr.dtype}")
+    if arr.shape[:2] != (im.size[1], im.size[0]):
+        raise ValueError("decoded size does not match the header")
+    scale = np.float32(1.0 / 65535.0)
+    gray_file = im.mode in _GRAY_MODES
+    alpha = None
+    if arr.ndim == 2:
+        rgb = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.shape[2] == 2:
+        rgb, alpha = np.repeat(arr[..., :1], 3, axis=2), arr[..., 1]
+    elif arr.shape[2] >= 3:
+        rgb = arr[..., 2::-1]
+        alpha = arr[..., 3] if arr.shape[2] >= 4 else None
+    else:
+        raise ValueError(f"unsupported channel count {arr.shape[2]}")
+    if gray_file:
+        mode = "LA" if alpha is not None else "I;16"
+    else:
+        mode = "RGBA" if alpha is not None else "RGB"
+    return (
+        rgb.astype(np.float32) * scale,
+        None if alpha is None else alpha.astype(np.float32) * scale,
+        mode,
+    )
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except (TypeError, ValueError, SyntaxError, OSError, struct.error):
+        return 1  # unreadable EXIF is not worth failing the photo over
+    return value if 1 <= value <= 8 else 1
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels ``(H, W, ...)`` into display orientation (EXIF values 1..8)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _carried_exif(im: Image.Image, fmt: str) -> bytes | None:
+    """EXIF to carry to the output, orientation reset to 1 (the pixels are already upright)."""
+    try:
+        if fmt == "TIFF":
+            return _exif_from_tiff(im)
+        raw = im.info.get("exif")
+        if not raw:
+            return None
+        return _reset_orientation(raw if raw.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + raw)
+    except (TypeError, ValueError, SyntaxError, OSError, struct.error, KeyError):
+        return None
+
+
+def _exif_from_tiff(im: Image.Image) -> bytes | None:
+    """A TIFF keeps EXIF in its own IFD0; rebuild a standalone EXIF block from it."""
+    source = im.getexif()
+    exif = Image.Exif()
+    for tag in _TIFF_DESCRIPTIVE_TAGS:
+        if tag in source:
+            exif[tag] = source[tag]
+    for pointer in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD):
+        sub = source.get_ifd(pointer) if pointer in source else {}
+        if sub:
+            exif[pointer] = dict(sub)
+    if not len(exif):
+        return None
+    exif[_ORIENTATION_TAG] = 1
+    return exif.tobytes()
+
+
+def _reset_orientation(exif: bytes) -> bytes:
+    """Set IFD0 Orientation to 1 in place, leaving every other byte (MakerNotes too) intact."""
+    body = bytearray(exif[len(_EXIF_PREFIX) :])
+    order = {b"II": "<", b"MM": ">"}.get(bytes(body[:2]))
+    if order is None or len(body) < 8:
+        return exif
+    (ifd0,) = struct.unpack_from(order + "I", body, 4)
+    if ifd0 + 2 > len(body):
+        return exif
+    (count,) = struct.unpack_from(order + "H", body, ifd0)
+    for i in range(count):
+        entry = ifd0 + 2 + 12 * i
+        if entry + 12 > len(body):
+            break
+        tag, kind, n = struct.unpack_from(order + "HHI", body, entry)
+        if tag == _ORIENTATION_TAG and kind == 3 and n == 1:  # one SHORT, stored inline
+            struct.pack_into(order + "H", body, entry + 8, 1)
+            break
+    return _EXIF_PREFIX + bytes(body)
+
+
+def _icc_space(icc: bytes) -> bytes:
+    """The ICC header's data colour space signature (``b"RGB "``, ``b"GRAY"``, ``b"CMYK"``)."""
+    return icc[16:20] if len(icc) >= 20 else b""
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_image(
+    dest: str | Path,
+    photo: Photo,
+    pixels: np.ndarray,
+    *,
+    format: str | None = None,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    bit_depth: int | None = None,
+    overwrite: bool = False,
+) -> Path | None:
+    """Encode ``pixels`` with ``photo``'s metadata and write them atomically.
+
+    Args:
+        dest: output path, or ``"-"`` for stdout.
+        photo: the photo the pixels came from (alpha, mode, bit depth, ICC, EXIF, source).
+        pixels: ``(H, W, 3)`` float RGB, clipped to [0, 1]; may differ in size from ``photo``
+            (alpha is then resized to match).
+        format: output format (``jpg``, ``png``, ``tif``, ``webp``, ``bmp``); default from the
+            suffix of ``dest``, or PNG for stdout.
+        quality: JPEG/WebP quality, 1..100.
+        bit_depth: 8 or 16 (16 only for PNG/TIFF); default: the input's where the format allows.
+        overwrite: replace an existing ``dest``. The input file itself is never replaced.
+
+    Returns:
+        The written path (resolved), or None for stdout.
+
+    Raises:
+        UsageError: unknown format, bad quality or bit depth.
+        ImageError: the destination exists, is the input, or cannot be written.
+    """
+    to_stdout = str(dest) == "-"
+    if format is not None:
+        fmt = normalize_format(format)
+    elif to_stdout:
+        fmt = normalize_format(DEFAULT_STDOUT_FORMAT)
+    else:
+        found = format_for_path(dest)
+        if found is None:
+            raise UsageError(
+                f"cannot tell the output format from {str(dest)!r}",
+                hint="use a .jpg/.png/.tif/.webp/.bmp name or pass --format",
+            )
+        fmt = found
+    depth = _resolve_bit_depth(fmt, photo, bit_depth)
+    if not to_stdout:
+        path = Path(dest).expanduser()
+        _check_destination(path, photo.source, overwrite)  # fail before spending time encoding
+    data = encode_image(photo, pixels, fmt, quality=quality, bit_depth=depth)
+    if to_stdout:
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except OSError as exc:  # e.g. BrokenPipeError when piped into `head`
+            raise ImageError(f"cannot write <stdout>: {_reason(exc)}") from exc
+        return None
+    return _commit(path, data, source=photo.source, overwrite=overwrite)
+
+
+def _resolve_bit_depth(fmt: str, photo: Photo, bit_depth: int | None) -> int:
+    allowed = FORMATS[fmt].bit_depths
+    if bit_depth is None:
+        return photo.bit_depth if photo.bit_depth in allowed else max(allowed)
+    if bit_depth not in (8, 16):
+        raise UsageError(f"bit depth must be 8 or 16, not {bit_depth}")
+    if bit_depth not in allowed:
+        raise UsageError(
+            f"{fmt} cannot store {bit_depth}-bit images", hint="use PNG or TIFF for 16-bit output"
+        )
+    return bit_depth
+
+
+def encode_image(
+    photo: Photo,
+    pixels: np.ndarray,
+    fmt: str,
+    *,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    bit_depth: int = 8,
+) -> bytes:
+    """Encode ``pixels`` in memory as ``fmt`` with ``photo``'s alpha, mode, ICC and EXIF.
+
+    Args:
+        photo: where alpha/mode/ICC/EXIF come from.
+        pixels: ``(H, W, 3)`` float RGB (values outside [0, 1] are clipped, NaN becomes 0).
+        fmt: format name or alias (``jpg``, ``PNG``...).
+        quality: JPEG/WebP quality, 1..100.
+        bit_depth: 8 or 16 (must be one the format stores).
+
+    Returns:
+        The encoded file.
+    """
+    fmt = normalize_format(fmt)
+    info = FORMATS[fmt]
+    if bit_depth not in info.bit_depths:
+        raise UsageError(f"{fmt} cannot store {bit_depth}-bit images")
+    if not 1 <= int(quality) <= 100:
+        raise UsageError(f"quality must be between 1 and 100, not {quality}")
+    arr = np.asarray(pixels)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"cannot encode pixels of shape {arr.shape}; expected (H, W, 3) RGB")
+    rgb = np.clip(np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0), 0.0, 1.0)
+
+    gray = photo.is_grayscale and fmt != "WEBP"  # WebP has no grayscale mode
+    channels = [rgb @ _BT601] if gray else [rgb[..., i] for i in range(3)]
+    if info.alpha and photo.alpha is not None:
+        channels.append(_alpha_for(photo.alpha, rgb.shape[:2]))
+    if bit_depth == 16 and fmt == "PNG" and len(channels) == 2:
+        # OpenCV cannot write 16-bit gray+alpha PNG; keep the bits and the alpha as RGBA.
+        channels = [channels[0], channels[0], channels[0], channels[1]]
+    stacked = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+    quantised = _quantise(stacked, bit_depth)
+
+    icc = photo.icc_profile if info.icc else None
+    if icc is not None and _icc_space(icc) != (b"GRAY" if len(channels) <= 2 else b"RGB "):
+        icc = None  # a profile for the other colour model would be wrong for these pixels
+    exif = photo.exif if info.exif else None
+    try:
+        if fmt == "TIFF":
+            return _encode_tiff(quantised, icc)
+        if bit_depth == 16:
+            return _encode_png16(quantised, icc, exif)
+        return _encode_pillow(quantised, fmt, icc, exif, int(quality))
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot encode the image as {fmt}: {_reason(exc)}") from exc
+
+
+def _alpha_for(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The photo's alpha, resized only when the model changed the image size (upscale)."""
+    if alpha.shape[:2] == size:
+        return alpha
+    import cv2
+
+    resized = cv2.resize(
+        alpha.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR
+    )
+    return np.clip(resized, 0.0, 1.0)
+
+
+def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Round (not truncate) [0, 1] floats to 8- or 16-bit integers."""
+    top = 65535.0 if bit_depth == 16 else 255.0
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    return np.rint(arr.astype(np.float64) * top).astype(dtype)
+
+
+def _encode_pillow(
+    arr: np.ndarray, fmt: str, icc: bytes | None, exif: bytes | None, quality: int
+) -> bytes:
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    params: dict[str, object] = {}
+    if icc:
+        params["icc_profile"] = icc
+    if exif:
+        params["exif"] = exif
+    if fmt == "JPEG":
+        params["quality"] = quality
+        # 4:4:4 chroma at high quality: colour edges in enhanced shadows stay clean.
+        params["subsampling"] = 0 if quality >= 90 else 2
+        if exif and len(exif) > _MAX_JPEG_EXIF:
+            del params["exif"]  # cannot fit one APP1 segment (usually a big thumbnail)
+    elif fmt == "WEBP":
+        params["quality"] = quality
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def _encode_png16(arr: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    """16-bit PNG via OpenCV, then our own iCCP/eXIf chunks (OpenCV writes neither)."""
+    import cv2
+
+    bgr = arr if arr.ndim == 2 else arr[..., [2, 1, 0, *range(3, arr.shape[2])]]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise ValueError("OpenCV could not encode the 16-bit PNG")
+    extra = []
+    if icc:
+        extra.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if exif:
+        body = exif[len(_EXIF_PREFIX) :] if exif.startswith(_EXIF_PREFIX) else exif
+        extra.append(_png_chunk(b"eXIf", body))
+    return _png_insert_chunks(encoded.tobytes(), extra, drop=_PNG_COLOUR_CHUNKS if icc else ())
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _png_insert_chunks(png: bytes, chunks: list[bytes], *, drop: tuple[bytes, ...] = ()) -> bytes:
+    """Insert ``chunks`` right after IHDR (before PLTE/IDAT); remove chunk types in ``drop``."""
+    if png[:8] != _PNG_SIGNATURE:
+        raise ValueError("encoder did not produce a PNG")
+    out = [png[:8]]
+    pos = 8
+    while pos + 8 <= len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        kind = png[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if kind not in drop:
+            out.append(png[pos:end])
+        if kind == b"IHDR":
+            out.extend(chunks)
+        pos = end
+    return b"".join(out)
+
+
+def _encode_tiff(arr: np.ndarray, icc: bytes | None) -> bytes:
+    """8/16-bit TIFF via tifffile: deflate, straight (unassociated) alpha, ICC in tag 34675."""
+    import tifffile
+
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        arr,
+        photometric="minisblack" if channels <= 2 else "rgb",
+        extrasamples=["unassalpha"] if channels in (2, 4) else None,
+        compression="zlib",
+        iccprofile=icc,
+        metadata=None,  # no tifffile JSON shape description in ImageDescription
+        software=False,
+    )
+    return buf.getvalue()
+
+
+def _check_destination(dest: Path, source: Path | None, overwrite: bool) -> None:
+    if source is not None and _same_file(dest, source):
+        raise ImageError(
+            f"refusing to write {dest}: it is the input file",
+            hint="choose another output name; the input is never overwritten",
+        )
+    if dest.is_dir():
+        raise ImageError(f"cannot write {dest}: it is a folder", hint="give a file name")
+    if dest.exists() and not overwrite:
+        raise ImageError(f"cannot write {dest}: it already exists", hint="pass --overwrite")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _commit(dest: Path, data: bytes, *, source: Path | None, overwrite: bool) -> Path:
+    """Write ``data`` to a temp file beside ``dest``, fsync, then move it into place."""
+    _check_destination(dest, source, overwrite)
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise ImageError(f"cannot write {dest}: {_reason(exc)}", hint=_write_hint(exc)) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode(dest))
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            _move_no_clobber(tmp, dest)
+    except BaseException as exc:
+        # Any failure, Ctrl-C included, leaves neither a temp file nor a partial output.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise ImageError(f"cannot write {dest}: {_reason(exc)}", hint=_write_hint(exc)) from exc
+        raise
+    _fsync_dir(parent)
+    return dest.resolve()
+
+
+def _move_no_clobber(tmp: Path, dest: Path) -> None:
+    """Move into place without replacing a file that appeared since the check (link is atomic)."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError as exc:
+        raise ImageError(
+            f"cannot write {dest}: it already exists", hint="pass --overwrite"
+        ) from exc
+    except OSError:
+        # Filesystems without hard links: best effort, the race window is tiny.
+        if dest.exists():
+            raise ImageError(
+                f"cannot write {dest}: it already exists", hint="pass --overwrite"
+            ) from None
+        os.replace(tmp, dest)
+        return
+    tmp.unlink()
+
+
+def _new_file_mode(dest: Path) -> int:
+    """Keep an overwritten file's permissions; otherwise the usual 0666 minus the umask."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, so best effort.
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _write_hint(exc: OSError) -> str | None:
+    if exc.errno == errno.ENOSPC:
+        return "free some disk space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the output folder's permissions"
+    return None
