@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import struct
@@ -274,9 +275,15 @@ def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
                 exif = _carried_exif(im, fmt)
                 mode = im.mode
                 if bit_depth == 16:
-                    rgb, alpha, mode = _decode_16bit(data, im, fmt, label)
+                    rgb, alpha, mode, upright = _decode_16bit(data, im, fmt, orientation)
+                    if upright:
+                        orientation = 1
                 else:
                     rgb, alpha = _decode_8bit(im, label)
+                    if fmt == "TIFF" and _ORIENTATION_TAG not in im.tag_v2:
+                        # Newer Pillow turns TIFFs upright while loading and then drops the
+                        # tag; never rotate twice.
+                        orientation = 1
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
             f"cannot read {label}: image is larger than {MAX_IMAGE_PIXELS} pixels",
@@ -361,13 +368,21 @@ def _decode_8bit(im: Image.Image, label: str) -> tuple[np.ndarray, np.ndarray | 
 
 
 def _decode_16bit(
-    data: bytes, im: Image.Image, fmt: str, label: str
-) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """16-bit PNG/TIFF through OpenCV (IMREAD_UNCHANGED keeps dtype and ignores orientation)."""
+    data: bytes, im: Image.Image, fmt: str, orientation: int
+) -> tuple[np.ndarray, np.ndarray | None, str, bool]:
+    """16-bit PNG/TIFF pixels through OpenCV, which keeps the uint16 dtype.
+
+    Returns:
+        RGB and alpha as float32 [0, 1], the Pillow-like mode, and whether the decoder already
+        applied the EXIF orientation.
+    """
     import cv2
 
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None and fmt == "TIFF":
+    upright = False
+    if arr is not None and fmt == "TIFF":
+        upright = _cv2_orients_tiff()
+    elif arr is None and fmt == "TIFF":
         import tifffile
 
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -379,7 +394,12 @@ def _decode_16bit(
         raise ValueError("the 16-bit decoder could not read the pixel data")
     if arr.dtype != np.uint16:
         raise ValueError(f"unsupported 16-bit sample type {arr.dtype}")
-    if arr.shape[:2] != (im.size[1], im.size[0]):
+    # Pillow may report a TIFF's size after orientation; the header holds the stored size.
+    tags = getattr(im, "tag_v2", {})
+    height, width = (tags.get(257), tags.get(256)) if fmt == "TIFF" else im.size[::-1]
+    if upright and orientation >= 5:
+        height, width = width, height
+    if arr.shape[:2] != (height, width):
         raise ValueError("decoded size does not match the header")
     scale = np.float32(1.0 / 65535.0)
     gray_file = im.mode in _GRAY_MODES
@@ -401,7 +421,24 @@ def _decode_16bit(
         rgb.astype(np.float32) * scale,
         None if alpha is None else alpha.astype(np.float32) * scale,
         mode,
+        upright,
     )
+
+
+@functools.cache
+def _cv2_orients_tiff() -> bool:
+    """Whether this OpenCV turns TIFFs upright itself (OpenCV 5 does, IMREAD flags or not).
+
+    Probed once on a 1x2 TIFF tagged "rotate 90" so that no OpenCV version rotates twice or never.
+    """
+    import cv2
+    import tifffile
+
+    buf = io.BytesIO()
+    probe = np.zeros((1, 2), dtype=np.uint16)
+    tifffile.imwrite(buf, probe, photometric="minisblack", extratags=[(274, "H", 1, 6, True)])
+    arr = cv2.imdecode(np.frombuffer(buf.getvalue(), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return arr is not None and arr.shape[:2] == (2, 1)
 
 
 def _orientation(im: Image.Image) -> int:
