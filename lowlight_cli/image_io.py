@@ -629,20 +629,25 @@ def encode_image(
     arr = np.asarray(pixels)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"cannot encode pixels of shape {arr.shape}; expected (H, W, 3) RGB")
-    rgb = np.clip(np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0), 0.0, 1.0)
+    rgb = np.clip(arr.astype(np.float32, copy=False), 0.0, 1.0)  # always a fresh array
+    rgb[np.isnan(rgb)] = 0.0
 
     gray = photo.is_grayscale and fmt != "WEBP"  # WebP has no grayscale mode
-    channels = [rgb @ _BT601] if gray else [rgb[..., i] for i in range(3)]
+    colour = (rgb @ _BT601)[..., None] if gray else rgb
+    alpha = None
     if info.alpha and photo.alpha is not None:
-        channels.append(_alpha_for(photo.alpha, rgb.shape[:2]))
-    if bit_depth == 16 and fmt == "PNG" and len(channels) == 2:
-        # OpenCV cannot write 16-bit gray+alpha PNG; keep the bits and the alpha as RGBA.
-        channels = [channels[0], channels[0], channels[0], channels[1]]
-    stacked = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+        alpha = _alpha_for(photo.alpha, rgb.shape[:2])[..., None]
+        if gray and bit_depth == 16 and fmt == "PNG":
+            # OpenCV cannot write 16-bit gray+alpha PNG; keep the bits and the alpha as RGBA.
+            colour = np.repeat(colour, 3, axis=2)
+    stacked = colour if alpha is None else np.concatenate([colour, alpha], axis=2)
+    if stacked.shape[2] == 1:
+        stacked = stacked[..., 0]
     quantised = _quantise(stacked, bit_depth)
 
     icc = photo.icc_profile if info.icc else None
-    if icc is not None and _icc_space(icc) != (b"GRAY" if len(channels) <= 2 else b"RGB "):
+    gray_out = stacked.ndim == 2 or stacked.shape[2] == 2
+    if icc is not None and _icc_space(icc) != (b"GRAY" if gray_out else b"RGB "):
         icc = None  # a profile for the other colour model would be wrong for these pixels
     exif = photo.exif if info.exif else None
     try:
@@ -671,7 +676,11 @@ def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
     """Round (not truncate) [0, 1] floats to 8- or 16-bit integers."""
     top = 65535.0 if bit_depth == 16 else 255.0
     dtype = np.uint16 if bit_depth == 16 else np.uint8
-    return np.rint(arr.astype(np.float64) * top).astype(dtype)
+    # float32 is exact enough: x * 65535 is off by < 0.01, far from a rounding boundary for
+    # values that came from integers, so read -> write round-trips stay exact.
+    scaled = arr * np.float32(top)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(dtype)
 
 
 def _encode_pillow(
