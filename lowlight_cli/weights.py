@@ -627,6 +627,8 @@ def _fetch_once(
     if size is not None and have > size:
         part.unlink()
         have = 0
+    if size is not None and have == size:
+        return  # a run that died before the rename left a whole file; it is verified next
     # Byte ranges refer to the stored bytes, so ask for no content encoding.
     headers = {"Accept-Encoding": "identity"}
     if have:

@@ -369,6 +369,16 @@ def test_partial_file_from_earlier_run_is_resumed(served):
     assert server.state.requests == [("/toy-a.safetensors", "bytes=12345-")]
 
 
+def test_complete_partial_file_needs_no_request(served):
+    server, data = served
+    part = W.cache_dir() / "toy-a.safetensors.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    assert W.resolve_weights("toy.a", options=FAST).read_bytes() == data
+    assert server.state.requests == []
+    assert not part.exists()
+
+
 def test_server_ignoring_range_restarts_from_scratch(served):
     server, data = served
     server.state.cut_first_body = True
