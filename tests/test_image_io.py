@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import shared_path
 from PIL import Image, ImageCms, ImageOps
 
 from lowlight_cli import image_io
@@ -633,3 +634,23 @@ def test_output_path_for(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         output_path_for("-")
     assert set(FORMATS) == {"JPEG", "PNG", "TIFF", "WEBP", "BMP"}
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "name", ["athameem_tulips_3024x4032.jpg", "exif-samples_42_IndexError_4032x3024.jpg"]
+)
+def test_real_phone_photo_keeps_its_metadata(name: str) -> None:
+    # Real camera files: large EXIF (one known to break naive parsers), an ICC profile.
+    path = shared_path("photos", name)
+    photo = read_image(path)
+    original = Image.open(path)
+    upright = ImageOps.exif_transpose(original)
+    assert (photo.width, photo.height) == upright.size
+    data = image_io.encode_image(photo, photo.pixels, "jpg")
+    written = Image.open(io.BytesIO(data))
+    assert written.size == upright.size
+    assert written.info.get("icc_profile") == original.info.get("icc_profile")
+    assert written.getexif().get(0x0112) in (None, 1)
+    original_tags = {k: v for k, v in original.getexif().items() if k != 0x0112}
+    assert {k: v for k, v in written.getexif().items() if k != 0x0112} == original_tags
