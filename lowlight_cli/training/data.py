@@ -1,0 +1,500 @@
+"""Training data: paired folders (LOL layout or ``low/`` + ``high/``) and synthetic pairs.
+
+The whole training set is decoded into RAM once as uint8 (LOL's 210 pairs of 600 x 400 are about
+300 MB): decoding lossless WebP every step would cost more than a training step on a small CPU.
+
+Sampling is a pure function of ``(seed, step)``: which images a step uses, where it crops, how it
+flips, and (synthetic data) how it darkens, are all drawn from generators seeded by
+``(seed, step, sample)``. Resuming at step ``k`` therefore needs no sampler state beyond ``k`` and
+reproduces an uninterrupted run exactly. Images are visited in epochs: epoch ``e`` is a fresh
+permutation of the training set seeded by ``(seed, e)``, so every image is used once per epoch.
+
+Synthetic low-light model (:func:`synthesize_low_light`), applied to a normal-light sRGB crop:
+
+1. decode sRGB to linear light (IEC 61966-2-1 curve);
+2. a mild colour cast: per-channel gains in ``[1 - c, 1 + c]`` (white balance error);
+3. exposure: multiply by ``e`` drawn log-uniformly from ``[0.03, 0.3]`` (1.7 to 5 stops under);
+4. sensor noise in linear light: Poisson shot noise with ``photons_at_white`` drawn log-uniformly
+   (``x -> Poisson(x * k) / k``) plus Gaussian read noise of std ``sigma`` drawn uniformly;
+5. clip to ``[0, 1]``, encode back to sRGB, then a random tone gamma ``g`` in ``[0.9, 1.1]``
+   (``y -> y ** g``: cameras' tone curves differ);
+6. with probability ``jpeg_probability``, a JPEG round trip at quality ``[60, 95]``.
+
+The ground truth is the untouched crop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowlight_cli.errors import ImageError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DATASET_KINDS = ("lol", "pairs", "synthetic")
+LOL_TRAIN = "our485"
+LOL_VAL = "eval15"
+# Synthetic data without --val: every n-th photo (sorted by name) is held out for validation.
+SYNTHETIC_HOLDOUT_EVERY = 10
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise UsageError(f"no folder {folder}", hint="check --data/--val")
+    out: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if path.stem in out:
+                raise UsageError(f"two images named {path.stem} in {folder}")
+            out[path.stem] = path
+    return out
+
+
+def _natural_key(name: str) -> tuple[int, int | str]:
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def list_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pairs in ``folder/low`` and ``folder/high`` matched by file stem (any image extension).
+
+    Returns:
+        ``(stem, low_path, high_path)`` in natural order of the stems.
+
+    Raises:
+        UsageError: missing folders, no pairs, or unmatched files.
+    """
+    root = Path(folder)
+    low = _images_by_stem(root / "low")
+    high = _images_by_stem(root / "high")
+    missing = sorted(set(low) ^ set(high))
+    if missing:
+        raise UsageError(
+            f"{len(missing)} images in {root} have no partner in low/ or high/: "
+            f"{', '.join(missing[:5])}",
+            hint="pairs are matched by file name without extension",
+        )
+    if not low:
+        raise UsageError(f"no image pairs in {root}/low and {root}/high")
+    return [(s, low[s], high[s]) for s in sorted(low, key=_natural_key)]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file directly in ``folder`` (sorted naturally by stem).
+
+    Raises:
+        UsageError: no folder or no images.
+    """
+    paths = sorted(_images_by_stem(Path(folder)).values(), key=lambda p: _natural_key(p.stem))
+    if not paths:
+        raise UsageError(f"no images in {folder}")
+    return paths
+
+
+def paired_split(root: str | Path, split: str) -> Path:
+    """The folder holding ``low/`` and ``high/`` of a LOL split (``train`` or ``val``).
+
+    Accepts the LOL root (``our485``/``eval15`` inside) or a split folder itself.
+    """
+    root = Path(root)
+    if (root / "low").is_dir() and (root / "high").is_dir():
+        return root
+    sub = root / (LOL_TRAIN if split == "train" else LOL_VAL)
+    if not sub.is_dir():
+        raise UsageError(
+            f"{root} is not in the LOL layout (no {sub.name}/low and {sub.name}/high)",
+            hint="use --dataset pairs for a folder with low/ and high/",
+        )
+    return sub
+
+
+def decode_rgb8(path: Path) -> np.ndarray:
+    """Decode ``path`` to ``(H, W, 3)`` uint8 RGB, EXIF orientation applied.
+
+    16-bit sources are reduced to 8 bits: training keeps uint8 in RAM and no dataset here is
+    deeper than 8 bits.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float32)
+                arr = np.clip(arr / 257.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+            return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    except OSError as err:
+        raise ImageError(f"cannot read training image {path}: {err}") from err
+
+
+def _decode_all(paths: Sequence[Path], workers: int) -> list[np.ndarray]:
+    # Pillow releases the GIL while decoding, so threads overlap the work.
+    if workers <= 1 or len(paths) < 2:
+        return [decode_rgb8(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(decode_rgb8, paths))
+
+
+# ---- image sets --------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedImages:
+    """Decoded pairs in RAM.
+
+    Attributes:
+        names: file stems.
+        low: ``(H, W, 3)`` uint8 RGB per pair.
+        high: same size as ``low``.
+        source: where they came from (for logs and metadata).
+    """
+
+    names: list[str]
+    low: list[np.ndarray]
+    high: list[np.ndarray]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_pairs(folder: str | Path, *, workers: int = 2) -> PairedImages:
+    """Decode every pair of ``folder/{low,high}``.
+
+    Raises:
+        UsageError: a pair whose two images differ in size.
+    """
+    pairs = list_pairs(folder)
+    images = _decode_all([p for _, lo, hi in pairs for p in (lo, hi)], workers)
+    low, high = images[0::2], images[1::2]
+    for (name, *_), lo, hi in zip(pairs, low, high, strict=True):
+        if lo.shape != hi.shape:
+            raise UsageError(f"pair {name} in {folder}: low {lo.shape} and high {hi.shape} differ")
+    return PairedImages([n for n, *_ in pairs], low, high, source=str(folder))
+
+
+# ---- synthetic degradation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """Ranges of the synthetic low-light model (see the module docstring)."""
+
+    exposure: tuple[float, float] = (0.03, 0.3)
+    photons_at_white: tuple[float, float] = (200.0, 5000.0)
+    read_noise: tuple[float, float] = (0.0005, 0.005)
+    colour_cast: float = 0.08
+    tone_gamma: tuple[float, float] = (0.9, 1.1)
+    jpeg_probability: float = 0.2
+    jpeg_quality: tuple[int, int] = (60, 95)
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 decoding; ``x`` in ``[0, 1]``."""
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 encoding; ``x`` in ``[0, 1]``."""
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def synthesize_low_light(
+    high: np.ndarray,
+    rng: np.random.Generator,
+    params: SyntheticParams = SyntheticParams(),
+) -> np.ndarray:
+    """Make a low-light version of a normal-light sRGB image (deterministic given ``rng``).
+
+    Args:
+        high: ``(H, W, 3)`` float32 sRGB in ``[0, 1]``.
+        rng: the generator every random choice is drawn from.
+        params: ranges of the model.
+
+    Returns:
+        ``(H, W, 3)`` float32 sRGB in ``[0, 1]``.
+    """
+    lin = srgb_to_linear(high.astype(np.float32))
+    gains = 1.0 + rng.uniform(-params.colour_cast, params.colour_cast, size=3)
+    exposure = _log_uniform(rng, *params.exposure)
+    lin = lin * (gains * exposure).astype(np.float32)
+    photons = _log_uniform(rng, *params.photons_at_white)
+    sigma = rng.uniform(*params.read_noise)
+    lin = rng.poisson(np.clip(lin, 0, None) * photons).astype(np.float32) / photons
+    lin = lin + rng.normal(0.0, sigma, size=lin.shape).astype(np.float32)
+    out = linear_to_srgb(np.clip(lin, 0.0, 1.0))
+    out = np.power(out, rng.uniform(*params.tone_gamma)).astype(np.float32)
+    if rng.uniform() < params.jpeg_probability:
+        import cv2
+
+        quality = int(rng.integers(params.jpeg_quality[0], params.jpeg_quality[1] + 1))
+        bgr = (out[..., ::-1] * 255.0 + 0.5).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Crop and augmentation settings of one training run."""
+
+    patch: int = 128
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    input_downscale: int = 1
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    Attributes:
+        low: ``(B, 3, h, w)`` float32 in ``[0, 1]`` (``h = patch / input_downscale``).
+        high: ``(B, 3, patch, patch)`` float32 in ``[0, 1]``.
+    """
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def to(self, device: torch.device, *, channels_last: bool = False) -> Batch:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return Batch(
+            self.low.to(device, non_blocking=True, memory_format=fmt),
+            self.high.to(device, non_blocking=True, memory_format=fmt),
+        )
+
+
+def sample_indices(n: int, seed: int, step: int, batch_size: int) -> np.ndarray:
+    """Dataset indices of the ``batch_size`` samples of ``step`` (epoch-wise permutations)."""
+    first = step * batch_size
+    out = np.empty(batch_size, dtype=np.int64)
+    perm_epoch, perm = -1, None
+    for j in range(batch_size):
+        epoch, pos = divmod(first + j, n)
+        if epoch != perm_epoch:
+            perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+            perm_epoch = epoch
+        out[j] = perm[pos]  # type: ignore[index]
+    return out
+
+
+def _augment(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -> list[np.ndarray]:
+    if aug.hflip and rng.uniform() < 0.5:
+        arrays = [a[:, ::-1] for a in arrays]
+    if aug.vflip and rng.uniform() < 0.5:
+        arrays = [a[::-1] for a in arrays]
+    if aug.rot90:
+        k = int(rng.integers(0, 4))
+        if k:
+            arrays = [np.rot90(a, k) for a in arrays]
+    return arrays
+
+
+def _crop_origin(shape: tuple[int, ...], patch: int, rng: np.random.Generator) -> tuple[int, int]:
+    h, w = shape[:2]
+    if h < patch or w < patch:
+        raise UsageError(
+            f"a training image ({w}x{h}) is smaller than the patch ({patch})",
+            hint="use a smaller --patch",
+        )
+    return int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+
+
+def downscale_bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bicubic ``factor``-times downscale with antialiasing, clamped to ``[0, 1]``.
+
+    Args:
+        x: ``(B, 3, H, W)`` in ``[0, 1]``, H and W multiples of ``factor``.
+    """
+    if factor == 1:
+        return x
+    out = torch.nn.functional.interpolate(
+        x, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True
+    )
+    # Bicubic overshoots; inputs must stay a valid image.
+    return out.clamp_(0.0, 1.0)
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    stacked = np.stack([np.ascontiguousarray(a) for a in arrays])
+    t = torch.from_numpy(stacked).permute(0, 3, 1, 2)
+    return t.float().div_(255.0) if stacked.dtype == np.uint8 else t.float()
+
+
+class TrainingSet:
+    """Base class: ``sample(seed, step, batch_size, aug)`` returns a :class:`Batch`."""
+
+    description: str = ""
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(
+        self, seed: int, step: int, batch_size: int, aug: Augment, *, rank: int = 0, world: int = 1
+    ) -> Batch:
+        """The batch of ``step``: a pure function of the arguments.
+
+        ``batch_size`` is the global batch; with ``world`` processes, process ``rank`` gets the
+        samples ``rank, rank + world, ...`` of it (so the union is the single-process batch).
+        """
+        idx = sample_indices(len(self), seed, step, batch_size)
+        lows, highs = [], []
+        for j in range(rank, batch_size, world):
+            rng = np.random.default_rng([seed, step, j, 0xA06])
+            lo, hi = self._sample_one(int(idx[j]), rng, aug)
+            lows.append(lo)
+            highs.append(hi)
+        low, high = _to_tensor(lows), _to_tensor(highs)
+        return Batch(downscale_bicubic(low, aug.input_downscale), high)
+
+    def _sample_one(
+        self, i: int, rng: np.random.Generator, aug: Augment
+    ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class PairedTrainingSet(TrainingSet):
+    """Aligned random crops of decoded pairs."""
+
+    def __init__(self, images: PairedImages) -> None:
+        self.images = images
+        self.description = f"pairs:{images.source} ({len(images)} pairs)"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _sample_one(
+        self, i: int, rng: np.random.Generator, aug: Augment
+    ) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.images.low[i], self.images.high[i]
+        y, x = _crop_origin(hi.shape, aug.patch, rng)
+        crop = (slice(y, y + aug.patch), slice(x, x + aug.patch))
+        lo_c, hi_c = _augment([lo[crop], hi[crop]], rng, aug)
+        return lo_c, hi_c
+
+
+@dataclass
+class SyntheticTrainingSet(TrainingSet):
+    """Normal-light photos darkened on the fly by :func:`synthesize_low_light`."""
+
+    images: list[np.ndarray]
+    params: SyntheticParams = field(default_factory=SyntheticParams)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.description = f"synthetic:{self.source} ({len(self.images)} photos)"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _sample_one(
+        self, i: int, rng: np.random.Generator, aug: Augment
+    ) -> tuple[np.ndarray, np.ndarray]:
+        img = self.images[i]
+        y, x = _crop_origin(img.shape, aug.patch, rng)
+        (hi,) = _augment([img[y : y + aug.patch, x : x + aug.patch]], rng, aug)
+        hi_f = np.ascontiguousarray(hi, dtype=np.float32) / 255.0
+        return synthesize_low_light(hi_f, rng, self.params), hi_f
+
+
+def synthetic_pairs(
+    images: Sequence[np.ndarray], names: Sequence[str], seed: int, source: str = ""
+) -> PairedImages:
+    """Fixed synthetic pairs (validation): image ``k`` darkened with generator ``(seed, k)``."""
+    lows = []
+    for k, img in enumerate(images):
+        rng = np.random.default_rng([seed, k, 0x7A1])
+        low = synthesize_low_light(img.astype(np.float32) / 255.0, rng)
+        lows.append((low * 255.0 + 0.5).astype(np.uint8))
+    return PairedImages(list(names), lows, list(images), source=f"synthetic:{source}")
+
+
+# ---- building the data of a run ----------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """The training set and the validation pairs (None: no validation) of one run."""
+
+    train: TrainingSet
+    val: PairedImages | None
+    description: str
+
+
+def build_run_data(
+    kind: str,
+    data: str | Path,
+    *,
+    val: str | Path | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    normal_only: bool = False,
+) -> RunData:
+    """Decode the training (and validation) data of a run.
+
+    Args:
+        kind: ``lol`` (``our485`` for training, ``eval15`` for validation unless ``val``),
+            ``pairs`` (``data/low`` + ``data/high``), or ``synthetic`` (a folder of photos).
+        data: the dataset folder.
+        val: a ``low/`` + ``high/`` folder (or LOL root) for validation.
+        seed: seeds the synthetic validation pairs.
+        workers: decoding threads.
+        normal_only: train on normal-light images only (frlie stage 1): both sides of each
+            pair are the ground truth.
+
+    Raises:
+        UsageError: unknown kind or a folder in the wrong layout.
+    """
+    if kind not in DATASET_KINDS:
+        raise UsageError(
+            f"unknown dataset '{kind}'", hint=f"choose one of: {', '.join(DATASET_KINDS)}"
+        )
+    data = Path(data)
+    val_images: PairedImages | None = None
+    if kind == "synthetic":
+        paths = list_images(data)
+        photos = _decode_all(paths, workers)
+        names = [p.stem for p in paths]
+        if val is None and len(paths) >= SYNTHETIC_HOLDOUT_EVERY:
+            held = set(range(0, len(paths), SYNTHETIC_HOLDOUT_EVERY))
+            val_images = synthetic_pairs(
+                [photos[k] for k in sorted(held)], [names[k] for k in sorted(held)], seed, str(data)
+            )
+            photos = [p for k, p in enumerate(photos) if k not in held]
+        train: TrainingSet = SyntheticTrainingSet(photos, source=str(data))
+    else:
+        split = paired_split(data, "train") if kind == "lol" else data
+        images = load_pairs(split, workers=workers)
+        if normal_only:
+            images = PairedImages(images.names, images.high, images.high, images.source)
+        train = PairedTrainingSet(images)
+        if val is None and kind == "lol":
+            val = data
+    if val is not None:
+        val_images = load_pairs(paired_split(val, "val"), workers=workers)
+        if normal_only:
+            val_images = PairedImages(
+                val_images.names, val_images.high, val_images.high, val_images.source
+            )
+    desc = train.description + (
+        f"; val {val_images.source} ({len(val_images)})" if val_images else ""
+    )
+    return RunData(train, val_images, desc)

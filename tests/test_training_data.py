@@ -1,0 +1,211 @@
+"""Training data: layouts, deterministic sampling, augmentation, synthetic pairs, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+from PIL import Image
+
+from lowlight_cli.errors import UsageError
+from lowlight_cli.training.data import (
+    Augment,
+    PairedImages,
+    PairedTrainingSet,
+    SyntheticTrainingSet,
+    build_run_data,
+    linear_to_srgb,
+    list_pairs,
+    sample_indices,
+    srgb_to_linear,
+    synthesize_low_light,
+)
+from lowlight_cli.training.recipes import (
+    NEIDRecipe,
+    NRLRecipe,
+    Recipe,
+    SymNetRecipe,
+    default_recipe,
+)
+
+
+def _gradient_image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (h + w)], axis=-1)
+    return np.clip(base + rng.integers(0, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _pairs_dir(root: Path, n: int = 4, h: int = 32, w: int = 40) -> Path:
+    (root / "low").mkdir(parents=True)
+    (root / "high").mkdir(parents=True)
+    for i in range(n):
+        high = _gradient_image(h, w, i)
+        Image.fromarray(high).save(root / "high" / f"{i}.png")
+        Image.fromarray(high // 5).save(root / "low" / f"{i}.webp", lossless=True)
+    return root
+
+
+def _paired_set(n: int = 5, h: int = 30, w: int = 36) -> PairedTrainingSet:
+    highs = [_gradient_image(h, w, i) for i in range(n)]
+    lows = [x // 4 for x in highs]
+    return PairedTrainingSet(PairedImages([str(i) for i in range(n)], lows, highs))
+
+
+def test_list_pairs_matches_stems_across_extensions(tmp_path: Path) -> None:
+    root = _pairs_dir(tmp_path / "p", n=3)
+    pairs = list_pairs(root)
+    assert [p[0] for p in pairs] == ["0", "1", "2"]
+    assert all(lo.suffix == ".webp" and hi.suffix == ".png" for _, lo, hi in pairs)
+    (root / "high" / "9.png").write_bytes((root / "high" / "0.png").read_bytes())
+    with pytest.raises(UsageError, match="no partner"):
+        list_pairs(root)
+
+
+def test_lol_layout_uses_eval15_for_validation(tmp_path: Path) -> None:
+    _pairs_dir(tmp_path / "lol" / "our485", n=3)
+    _pairs_dir(tmp_path / "lol" / "eval15", n=2)
+    run = build_run_data("lol", tmp_path / "lol", workers=2)
+    assert len(run.train) == 3
+    assert run.val is not None and len(run.val) == 2
+    with pytest.raises(UsageError, match="LOL layout"):
+        build_run_data("lol", tmp_path / "lol" / "nothing")
+
+
+def test_indices_cover_each_epoch_once() -> None:
+    n, batch = 7, 3
+    seen = np.concatenate([sample_indices(n, 5, step, batch) for step in range(7)])  # 21 = 3 epochs
+    for epoch in range(3):
+        assert sorted(seen[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert not np.array_equal(seen[:n], seen[n : 2 * n])  # a fresh permutation per epoch
+
+
+def test_sampling_is_a_pure_function_of_seed_and_step() -> None:
+    ds = _paired_set()
+    aug = Augment(patch=16)
+    a = ds.sample(1, 10, 4, aug)
+    b = ds.sample(1, 10, 4, aug)
+    c = ds.sample(1, 11, 4, aug)
+    d = ds.sample(2, 10, 4, aug)
+    assert torch.equal(a.low, b.low) and torch.equal(a.high, b.high)
+    assert not torch.equal(a.high, c.high) and not torch.equal(a.high, d.high)
+    assert a.low.shape == (4, 3, 16, 16) and a.low.dtype == torch.float32
+    assert float(a.low.min()) >= 0.0 and float(a.high.max()) <= 1.0
+
+
+def test_ranks_split_the_global_batch() -> None:
+    ds = _paired_set()
+    aug = Augment(patch=12)
+    full = ds.sample(3, 4, 4, aug)
+    r0 = ds.sample(3, 4, 4, aug, rank=0, world=2)
+    r1 = ds.sample(3, 4, 4, aug, rank=1, world=2)
+    assert torch.equal(full.high[0::2], r0.high) and torch.equal(full.high[1::2], r1.high)
+
+
+def test_crops_stay_aligned_through_augmentation() -> None:
+    # low = high // 4 exactly, so any misaligned crop, flip or rotation breaks the relation.
+    ds = _paired_set(n=3, h=40, w=50)
+    for step in range(8):
+        b = ds.sample(0, step, 3, Augment(patch=20))
+        expected = torch.floor(b.high * 255 / 4 + 1e-4) / 255
+        assert torch.allclose(b.low, expected, atol=1e-6)
+
+
+def test_augmentations_are_used_and_can_be_disabled() -> None:
+    img = _gradient_image(16, 16, 0)
+    ds = PairedTrainingSet(PairedImages(["a"], [img], [img]))
+    plain = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    outs = [ds.sample(0, s, 1, Augment(patch=16)).high[0] for s in range(24)]
+    assert any(not torch.equal(o, plain) for o in outs)
+    outs = [
+        ds.sample(0, s, 1, Augment(patch=16, hflip=False, vflip=False, rot90=False)).high[0]
+        for s in range(8)
+    ]
+    assert all(torch.equal(o, plain) for o in outs)
+
+
+def test_input_downscale_halves_low_only() -> None:
+    ds = _paired_set(n=2, h=40, w=40)
+    b = ds.sample(0, 0, 2, Augment(patch=32, input_downscale=2))
+    assert b.low.shape == (2, 3, 16, 16) and b.high.shape == (2, 3, 32, 32)
+
+
+def test_patch_larger_than_image_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--patch"):
+        _paired_set(h=20, w=20).sample(0, 0, 1, Augment(patch=64))
+
+
+def test_srgb_round_trip() -> None:
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-5)
+
+
+def test_synthetic_low_light_is_dark_noisy_and_deterministic() -> None:
+    high = _gradient_image(48, 48, 2).astype(np.float32) / 255
+    a = synthesize_low_light(high, np.random.default_rng(7))
+    b = synthesize_low_light(high, np.random.default_rng(7))
+    c = synthesize_low_light(high, np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == high.shape and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    means = [synthesize_low_light(high, np.random.default_rng(s)).mean() for s in range(20)]
+    assert max(means) < high.mean()  # always darker
+    # Linear-light exposure: the darkening follows the exposure, not a constant offset.
+    lin_ratio = srgb_to_linear(a).mean() / srgb_to_linear(high).mean()
+    assert 0.01 < lin_ratio < 0.5
+
+
+def test_synthetic_set_samples_pairs(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(10):
+        Image.fromarray(_gradient_image(30, 34, i)).save(photos / f"{i}.jpg", quality=95)
+    run = build_run_data("synthetic", photos, seed=1, workers=1)
+    assert isinstance(run.train, SyntheticTrainingSet)
+    assert len(run.train) == 9 and run.val is not None and len(run.val) == 1  # held out
+    b = run.train.sample(0, 0, 2, Augment(patch=24))
+    assert torch.equal(b.low, run.train.sample(0, 0, 2, Augment(patch=24)).low)
+    assert float(b.low.mean()) < float(b.high.mean())
+
+
+def test_schedule_converts_epochs_and_scales_milestones() -> None:
+    symnet = SymNetRecipe()
+    sched = symnet.resolve(210)  # 105 steps per epoch at batch 2
+    assert sched.steps_per_epoch == 105 and sched.total_steps == 250 * 105
+    assert sched.milestones == (100 * 105, 200 * 105)
+    short = symnet.resolve(210, steps=1000)
+    assert short.total_steps == 1000 and short.milestones == (400, 800)
+    assert short.lr_at(399) == pytest.approx(2e-4) and short.lr_at(400) == pytest.approx(1e-4)
+    assert short.lr_at(999) == pytest.approx(5e-5)
+    nrl = NRLRecipe().resolve(210)
+    assert nrl.steps_per_epoch == 2  # 1/6 of 210 patches at batch 32
+    assert len(nrl.milestones) == 19 and nrl.lr_at(nrl.total_steps - 1) == pytest.approx(
+        5e-4 * 0.95**19
+    )
+    with pytest.raises(UsageError):
+        symnet.resolve(210, steps=10, epochs=2)
+
+
+def test_recipes_follow_the_papers() -> None:
+    neid = default_recipe("neid")
+    assert isinstance(neid, NEIDRecipe)
+    assert (neid.patch, neid.input_downscale, neid.batch_size, neid.hflip) == (256, 2, 8, False)
+    frlie = default_recipe("frlie")
+    assert frlie.betas == (0.5, 0.9) and frlie.batch_size == 16
+    with pytest.raises(UsageError, match="classical"):
+        default_recipe("gamma")
+    assert default_recipe("symnet").override(lr=1e-3, patch=None).lr == 1e-3
+    with pytest.raises(UsageError, match="no setting"):
+        Recipe().override(bogus=1)
+
+
+@pytest.mark.shared
+def test_lol_training_split_loads() -> None:
+    root = shared_path("lol")
+    shared_path("lol", "our485")
+    pairs = list_pairs(root / "our485")
+    assert len(pairs) >= 100
+    assert all(lo.stem == hi.stem for _, lo, hi in pairs)

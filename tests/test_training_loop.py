@@ -1,0 +1,210 @@
+"""The training loop: the loss falls, resume is exact, checkpoints/logs/export are complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from lowlight_cli.training.loop import (
+    BEST,
+    LAST,
+    METRICS_LOG,
+    METRICS_PLOT,
+    Reporter,
+    TrainConfig,
+    export_checkpoint,
+    train,
+)
+from lowlight_cli.training.recipes import Recipe
+
+
+class TinyEnhancer(nn.Module):
+    """Stand-in model: a gain map plus a small residual, enough to learn brightening."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
+        )
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain + self.body(x)
+
+
+def _write_pairs(root: Path, n: int, size: tuple[int, int] = (40, 36), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "low").mkdir(parents=True)
+    (root / "high").mkdir(parents=True)
+    for i in range(n):
+        high = rng.integers(60, 230, size=(size[1], size[0], 3), dtype=np.uint8)
+        low = (high.astype(np.float32) * 0.2).astype(np.uint8)
+        Image.fromarray(high).save(root / "high" / f"{i}.png")
+        # Different extensions on the two sides: pairs match by stem.
+        Image.fromarray(low).save(root / "low" / f"{i}.webp", lossless=True)
+    return root
+
+
+@pytest.fixture
+def pairs_dir(tmp_path: Path) -> Path:
+    return _write_pairs(tmp_path / "pairs", 6)
+
+
+@pytest.fixture
+def val_dir(tmp_path: Path) -> Path:
+    return _write_pairs(tmp_path / "val", 2, seed=1)
+
+
+def _recipe(**kw) -> Recipe:
+    base = dict(
+        model="tiny",
+        epochs=None,
+        iterations=12,
+        milestones=(6,),
+        gamma=0.5,
+        lr=5e-3,
+        batch_size=3,
+        patch=24,
+        val_every=4,
+        log_every=2,
+    )
+    base.update(kw)
+    return Recipe(**base)
+
+
+def _cfg(tmp: Path, data: Path, val: Path | None, name: str, **kw) -> TrainConfig:
+    return TrainConfig(
+        model="tiny",
+        dataset="pairs",
+        data=data,
+        val=val,
+        recipe=kw.pop("recipe", _recipe()),
+        out=tmp / name,
+        device="cpu",
+        seed=kw.pop("seed", 3),
+        workers=1,
+        **kw,
+    )
+
+
+def _model() -> TinyEnhancer:
+    torch.manual_seed(0)
+    return TinyEnhancer()
+
+
+def test_loss_falls_and_run_writes_everything(tmp_path: Path, pairs_dir: Path, val_dir: Path):
+    result = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "run", recipe=_recipe(iterations=40, val_every=20)),
+        model=_model(),
+    )
+    assert result.finished and result.step == 40
+    losses = [r["loss"] for r in result.history if r["kind"] == "train"]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    out = tmp_path / "run"
+    for name in (LAST, BEST, METRICS_LOG, METRICS_PLOT):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / METRICS_LOG).read_text().splitlines()]
+    vals = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in vals] == [20, 40]
+    assert all(0 < r["ssim"] <= 1 and r["psnr"] > 0 for r in vals)
+    assert all("sec_per_step" in r for r in rows if r["kind"] == "train")
+    ckpt = torch.load(out / LAST, weights_only=False)
+    for key in ("model_state", "optimizer", "rng", "sampler", "recipe", "schedule", "step"):
+        assert key in ckpt
+    assert ckpt["recipe"]["iterations"] == 40
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path, pairs_dir: Path, val_dir: Path):
+    straight = _model()
+    train(_cfg(tmp_path, pairs_dir, val_dir, "straight"), model=straight)
+
+    first = _model()
+    half = train(_cfg(tmp_path, pairs_dir, val_dir, "split", stop_at=5), model=first)
+    assert half.step == 5 and not half.finished
+    # Disturb global RNGs: resume must restore them from the checkpoint.
+    torch.manual_seed(1234)
+    np.random.seed(99)
+    second = TinyEnhancer()  # different initial weights: the checkpoint must replace them
+    resumed = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "split", resume=tmp_path / "split" / LAST), model=second
+    )
+    assert resumed.finished and resumed.step == 12
+    for (name, a), b in zip(
+        straight.state_dict().items(), second.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # The best checkpoint and metrics agree too.
+    log_a = [json.loads(x) for x in (tmp_path / "straight" / METRICS_LOG).read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "split" / METRICS_LOG).read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+
+def test_resume_refuses_other_model(tmp_path: Path, pairs_dir: Path):
+    from lowlight_cli.errors import UsageError
+
+    train(_cfg(tmp_path, pairs_dir, None, "a", recipe=_recipe(iterations=2)), model=_model())
+    cfg = _cfg(tmp_path, pairs_dir, None, "a", resume=tmp_path / "a" / LAST)
+    cfg.model = "neid"
+    with pytest.raises(UsageError):
+        train(cfg, model=_model())
+
+
+def test_learning_rate_follows_schedule(tmp_path: Path, pairs_dir: Path):
+    seen: dict[int, float] = {}
+
+    class Spy(Reporter):
+        def step(self, step, total, logs):
+            seen[step] = logs["lr"]
+
+    train(_cfg(tmp_path, pairs_dir, None, "lr"), model=_model(), reporter=Spy())
+    # Milestone at step 6: steps 1..6 use 5e-3, 7..12 half of it.
+    assert seen[6] == pytest.approx(5e-3) and seen[7] == pytest.approx(2.5e-3)
+    assert len(seen) == 12
+
+
+def test_interrupt_writes_checkpoint(tmp_path: Path, pairs_dir: Path):
+    import os
+    import signal
+
+    class KillAt3(Reporter):
+        def step(self, step, total, logs):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, pairs_dir, None, "int"), model=_model(), reporter=KillAt3())
+    ckpt = torch.load(tmp_path / "int" / LAST, weights_only=False)
+    assert ckpt["step"] == 3
+
+
+def test_export_writes_fp16_safetensors(tmp_path: Path, pairs_dir: Path, val_dir: Path):
+    from safetensors import safe_open
+
+    model = _model()
+    train(
+        _cfg(tmp_path, pairs_dir, val_dir, "exp", recipe=_recipe(iterations=4, val_every=2)),
+        model=model,
+    )
+    dest = tmp_path / "tiny.test.safetensors"
+    exported = export_checkpoint(tmp_path / "exp" / BEST, dest, tag="test")
+    assert exported["id"] == "tiny.test"
+    entry = exported["entry"]
+    assert entry["bytes"] == dest.stat().st_size and len(entry["sha256"]) == 64
+    assert {"psnr", "ssim"} <= set(entry["metrics"]["validation"])
+    best_step = torch.load(tmp_path / "exp" / BEST, weights_only=False)["step"]
+    assert exported["details"]["steps"] == best_step
+    with safe_open(str(dest), "pt") as fh:
+        meta = fh.metadata()
+        assert json.loads(meta["steps"]) == best_step
+        for name in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
+            assert fh.get_tensor(name).dtype == torch.float16
+        weight = fh.get_tensor("body.0.weight").float()
+    saved = torch.load(tmp_path / "exp" / BEST, weights_only=False)["model_state"]["body.0.weight"]
+    assert torch.allclose(weight, saved, atol=1e-3)
