@@ -81,18 +81,22 @@ MODELS: dict[str, ModelSpec] = {
     "frlie": ModelSpec(
         name="frlie",
         builder="lowlight_cli.models.frlie:FRLIE",
-        kwargs={},
+        kwargs={"width": 32, "num_blocks": 4, "dilation_rates": (1, 2, 3, 4)},
         title="Feature restoration for low-light image enhancement (ICASSP 2022)",
         size_multiple=4,
+        fp16_safe=True,
         default_weights="frlie.lol",
+        receptive_margin=64,
     ),
     "neid": ModelSpec(
         name="neid",
         builder="lowlight_cli.models.neid:NEID",
-        kwargs={"upscale": False},
+        kwargs={"upscale": False, "base_channels": 32, "depth": 3, "dr_blocks": 2},
         title="Light enhancement + detail refinement (LE/DR/FF)",
-        size_multiple=16,
+        size_multiple=16,  # 2 (bicubic x0.5 first) * 2**depth (U-Net max-pools)
+        fp16_safe=True,
         default_weights="neid.lol",
+        receptive_margin=64,
     ),
     "gamma": ModelSpec(
         name="gamma",
@@ -108,6 +112,7 @@ MODELS: dict[str, ModelSpec] = {
         builder="lowlight_cli.models.classical:Clahe",
         title="Gamma, then OpenCV CLAHE on lightness (classical baseline)",
         kind="classical",
+        supports_tiling=False,  # CLAHE's grid is relative to the whole image
         exportable=False,
         receptive_margin=64,
     ),
@@ -124,9 +129,7 @@ def get_spec(name: str) -> ModelSpec:
     """
     base = name.split(".", 1)[0].lower()
     if base not in MODELS:
-        raise UsageError(
-            f"unknown model '{name}'", hint=f"choose one of: {', '.join(MODELS)}"
-        )
+        raise UsageError(f"unknown model '{name}'", hint=f"choose one of: {', '.join(MODELS)}")
     return MODELS[base]
 
 
