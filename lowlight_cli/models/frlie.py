@@ -137,6 +137,22 @@ class FRBlock(nn.Module):
         return self.res2(self.res1(self.context(x)))
 
 
+class FRNet(nn.Module):
+    """Feature restoration net: FR-blocks whose output is the residual to add to the features.
+
+    Every FR-block is itself residual, so the stack maps ``f`` to ``f + sum of corrections``;
+    FRNet returns only that sum, and ``FRLIE.restore`` adds it back (eq. 2, "predicting the
+    residual of each feature").
+    """
+
+    def __init__(self, channels: int, *, num_blocks: int, rates: tuple[int, ...]) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(FRBlock(channels, rates=rates) for _ in range(num_blocks)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.blocks(f) - f
+
+
 class FRLIE(nn.Module):
     """Feature-restoration low-light enhancer.
 
@@ -164,12 +180,10 @@ class FRLIE(nn.Module):
         self.upsample = upsample
         self.encoder = Encoder(width=width)
         self.decoder = Decoder(width=width, upsample=upsample)
-        self.frnet = nn.Sequential(
-            *(FRBlock(4 * width, rates=self.dilation_rates) for _ in range(num_blocks))
-        )
+        self.frnet = FRNet(4 * width, num_blocks=num_blocks, rates=self.dilation_rates)
         # FRNet's last conv of every residual path starts at zero, so an untrained FRNet is the
         # identity on features and stage 2 starts from the plain reconstruction.
-        for block in self.frnet:
+        for block in self.frnet.blocks:
             for last in (block.context.fuse, block.res1.body[2], block.res2.body[2]):
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
