@@ -68,7 +68,13 @@ MODELS: dict[str, ModelSpec] = {
         kwargs={"num_blocks": 8, "rounds": 3},
         title="Deep Symmetric Network for Underexposed Image Enhancement (ICCV 2021)",
         size_multiple=1,
+        # ES = exp(sigmoid) is bounded and the encoder has unit operator norm: fp16 and bf16
+        # stay within 2e-3 of fp32 (tests/test_models_symnet.py).
+        fp16_safe=True,
+        bf16_safe=True,
         default_weights="symnet.lol",
+        # Exact receptive radius: 2 (E) + 8 blocks x 2 Ts x (2 + 2 x 3 rounds) + 2 (D).
+        receptive_margin=132,
     ),
     "nrl": ModelSpec(
         name="nrl",
@@ -76,7 +82,13 @@ MODELS: dict[str, ModelSpec] = {
         kwargs={"channels": 64, "steps": 6},
         title="Non-identical residual learning with dynamic perceptual loss",
         size_multiple=1,
+        # T is floored at 0.02 by a softplus, so I_L / T stays small; fp16 and bf16 agree
+        # with fp32 (tests/test_models_nrl.py).
+        fp16_safe=True,
+        bf16_safe=True,
         default_weights="nrl.lol",
+        # Exact receptive radius: 2 + 2 (FMSB 5x5s) + 6 steps x 2 (3x3s) + 1 (reconstruction).
+        receptive_margin=17,
     ),
     "frlie": ModelSpec(
         name="frlie",
