@@ -107,6 +107,7 @@ MODELS: dict[str, ModelSpec] = {
         title="Light enhancement + detail refinement (LE/DR/FF)",
         size_multiple=16,  # 2 (bicubic x0.5 first) * 2**depth (U-Net max-pools)
         fp16_safe=True,
+        bf16_safe=True,
         default_weights="neid.lol",
         receptive_margin=64,
     ),
