@@ -4,14 +4,139 @@ stated otherwise; every function returns a scalar tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
+from lowlight_cli.errors import UsageError
 from lowlight_cli.metrics import rgb_to_hsv, ssim
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lowlight_cli.models.symnet import SymNet
 
 # ---- symnet (owned by the symnet/nrl author) -------------------------------------------------
 
+
+def symnet_loss(
+    model: SymNet,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    *,
+    w_forward: float = 1.0,
+    w_backward: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Two-way L2 of eqs. 12-14: ``w_forward * MSE(model(low), high)`` (low->high) plus
+    ``w_backward * MSE(model.inverse(high), low)``, i.e. ``D(IFT^-1(E(high)))`` vs ``low``.
+
+    The paper's weights are ``lambda_H = lambda_L = 1``. Each term is a per-pixel mean (the
+    paper's per-image squared norm divided by a constant ``3HW``).
+
+    Args:
+        model: a :class:`~lowlight_cli.models.symnet.SymNet`.
+        low: ``(B, 3, H, W)`` underexposed input in ``[0, 1]``.
+        high: ``(B, 3, H, W)`` its ground truth in ``[0, 1]``.
+
+    Returns:
+        ``(total, {"forward": ..., "backward": ...})``, all scalars.
+    """
+    forward = F.mse_loss(model(low), high)
+    backward = F.mse_loss(model.inverse(high), low)
+    return w_forward * forward + w_backward * backward, {"forward": forward, "backward": backward}
+
+
 # ---- nrl ---------------------------------------------------------------------------------------
+
+# Term weights (the paper gives none). With the offline Caffe-scale VGG-16, the dynamic perceptual
+# loss of an early LOL prediction is about 150-250 while its MSE is 0.01-0.02: 1e-4 makes the
+# two terms comparable at the start. 1e-3 for the adversarial term is SRGAN's choice: a BCE of
+# about 0.7 then adds ~7e-4, a small fraction of the content terms.
+NRL_W_PERCEPTUAL = 1e-4
+NRL_W_ADVERSARIAL = 1e-3
+
+
+def nrl_content_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel MSE (eq. 3 with the model's output in place of ``lambda I_L + G``)."""
+    return F.mse_loss(pred, target)
+
+
+def dynamic_perceptual_loss(
+    feats_pred: Sequence[torch.Tensor],
+    feats_target: Sequence[torch.Tensor],
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Dynamic multi-level perceptual loss (DPL, eqs. 16-18).
+
+    ``z_i`` = mean absolute difference of the level-i features; ``a = softmax(z / temperature)``
+    computed without gradient (the weights follow the errors, they are not optimised);
+    ``L_p = sum_i a_i z_i``. ``temperature=1`` is the paper's formula; the softmax is not
+    scale-invariant, so the weights depend on the VGG's feature scale (see docs/models.md).
+
+    Args:
+        feats_pred: per-level features of the enhanced image, e.g. the 5 post-pool maps of
+            :class:`~lowlight_cli.models.vgg.VGG16Features`.
+        feats_target: the same levels for the ground truth.
+        temperature: softmax temperature (> 0).
+
+    Returns:
+        Scalar loss.
+    """
+    if len(feats_pred) != len(feats_target) or not feats_pred:
+        raise UsageError("feats_pred and feats_target need the same, non-zero number of levels")
+    z = torch.stack([(p - t).abs().mean() for p, t in zip(feats_pred, feats_target, strict=True)])
+    weights = torch.softmax(z.detach() / temperature, dim=0)
+    return (weights * z).sum()
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating GAN loss of the generator: ``BCE(D(fake), real)``, logits of any shape."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def discriminator_adversarial_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> torch.Tensor:
+    """Discriminator side: ``(BCE(D(real), 1) + BCE(D(fake), 0)) / 2`` (pass ``fake`` detached)."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return 0.5 * (real + fake)
+
+
+def nrl_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    vgg: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    disc_logits_fake: torch.Tensor | None = None,
+    *,
+    w_perceptual: float = NRL_W_PERCEPTUAL,
+    w_adv: float = NRL_W_ADVERSARIAL,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Generator loss: ``MSE + w_perceptual * DPL + w_adv * adversarial``.
+
+    Args:
+        pred: ``(B, 3, H, W)`` enhanced image (H, W >= 32 for VGG's five poolings).
+        target: ``(B, 3, H, W)`` ground truth in ``[0, 1]``.
+        vgg: frozen feature extractor returning the per-level features
+            (:class:`~lowlight_cli.models.vgg.VGG16Features`).
+        disc_logits_fake: the discriminator's logits for ``pred`` (not detached); ``None``
+            drops the adversarial term (MSE + DPL only, e.g. for pre-training).
+
+    Returns:
+        ``(total, {"mse": ..., "perceptual": ..., "adversarial": ...})``.
+    """
+    mse = nrl_content_loss(pred, target)
+    with torch.no_grad():
+        feats_target = vgg(target)
+    perceptual = dynamic_perceptual_loss(vgg(pred), feats_target)
+    if disc_logits_fake is None:
+        adversarial = torch.zeros((), dtype=mse.dtype, device=mse.device)
+    else:
+        adversarial = generator_adversarial_loss(disc_logits_fake)
+    total = mse + w_perceptual * perceptual + w_adv * adversarial
+    return total, {"mse": mse, "perceptual": perceptual, "adversarial": adversarial}
+
 
 # ---- frlie (owned by the frlie/neid author) ----------------------------------------------------
 
