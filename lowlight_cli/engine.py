@@ -1,0 +1,354 @@
+"""The Enhancer: pad -> (context pass) -> tiles -> backend -> merge -> crop -> strength -> clamp.
+
+Memory is kept proportional to one tile plus the output: the input is never copied whole
+(padding is done per tile through index maps), tiles are merged straight into a float32 output
+of the final size (their weights sum to 1, see :mod:`lowlight_cli.tiling`, so no weight buffer),
+and strength and clamping work in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lowlight_cli.backends.base import Backend, OutOfMemory
+from lowlight_cli.constants import DEFAULT_TILE_OVERLAP
+from lowlight_cli.errors import ResourceError, UsageError
+from lowlight_cli.registry import ModelSpec, get_spec
+from lowlight_cli.tiling import Tile, merge_tile, plan_tiles
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+# The context pass runs on the whole image shrunk so that its long side is at most this...
+CONTEXT_LONG_SIDE = 1024
+# ...and its area at most max(tile area, this), so it never needs more memory than a tile.
+CONTEXT_MIN_AREA = 256 * 256
+# Below this tile side, out-of-memory is reported instead of retried with smaller tiles.
+MIN_TILE = 64
+# Auto tiles stop growing here: beyond it a CPU gains nothing and the context pass is exact
+# only for whole images anyway.
+MAX_AUTO_TILE = 2048
+# Share of the available memory the model's activations may use in --tile auto. On the CPU the
+# budget is also capped, so a 24-megapixel photo stays under ~3 GB peak RSS in total.
+MEMORY_FRACTION = {"cuda": 0.6, "mps": 0.3, "cpu": 0.25}
+CPU_MEMORY_CAP = 1536 * 1024**2
+# Peak bytes per input pixel of one fp32 forward pass (activations, allocator slack), measured
+# with docs/scripts/measure_memory.py on the CPU; unknown models get the conservative default.
+BYTES_PER_PIXEL: dict[str, int] = {"gamma": 64, "clahe": 64}
+DEFAULT_BYTES_PER_PIXEL = 4096
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def parse_tile(value: str | int | None) -> int | None:
+    """``"auto"``/None -> None (choose from memory); ``"0"`` -> 0 (whole image); ``"512"`` -> 512.
+
+    Raises:
+        UsageError: not ``auto`` or a non-negative integer.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip().lower()
+        if text == "auto":
+            return None
+        if not text.isdigit():
+            raise UsageError(f"bad tile size {value!r}", hint="use auto, 0 (whole image) or N")
+        number = int(text)
+    if number < 0:
+        raise UsageError(f"bad tile size {value!r}", hint="use auto, 0 (whole image) or N")
+    return number
+
+
+class Enhancer:
+    """Enhance whole photos of any size with one model.
+
+    Args:
+        model: an already-built ``nn.Module`` (wrapped in a torch backend on ``device``); or None
+            when ``backend`` is given. For ``upscale=True`` it must be built in its x2 mode.
+        spec: the model's registry entry (size multiple, margin, tiling, precisions).
+        backend: a ready backend (takes precedence over ``model``).
+        device: ``auto|cpu|cuda[:n]|mps`` for ``model``.
+        precision: ``fp32|fp16|bf16`` for ``model``.
+        tile: tile side in pixels, 0 for the whole image, ``"auto"``/None to choose from memory.
+        tile_overlap: width of the blend zone between tiles (pixels).
+        strength: 0..1, how much of the enhancement to keep (1 = all of it).
+        upscale: the model's true x2 mode (output twice the input size).
+        context_pass: share whole-image pooling statistics between tiles (turn off only to
+            measure what it buys).
+
+    Raises:
+        UsageError: bad strength, overlap, tile, or ``upscale`` for a model without that mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        spec: ModelSpec,
+        backend: Backend | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        tile: str | int | None = "auto",
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        strength: float = 1.0,
+        upscale: bool = False,
+        context_pass: bool = True,
+    ) -> None:
+        if not 0.0 <= float(strength) <= 1.0:
+            raise UsageError(f"strength must be between 0 and 1, not {strength}")
+        if tile_overlap < 0:
+            raise UsageError(f"tile overlap must be >= 0, not {tile_overlap}")
+        _check_upscale(spec, upscale)
+        self.spec = spec
+        self.scale = 2 if upscale else spec.scale
+        self.tile = parse_tile(tile)
+        self.tile_overlap = int(tile_overlap)
+        self.strength = float(strength)
+        self.upscale = upscale
+        self.context_pass = context_pass
+        if backend is None:
+            if model is None:
+                raise UsageError("Enhancer needs a model or a backend")
+            from lowlight_cli.backends.torch import TorchBackend
+            from lowlight_cli.devices import resolve_device, resolve_precision
+
+            dev = resolve_device(device)
+            backend = TorchBackend(
+                model, device=dev, dtype=resolve_precision(precision, spec, dev), scale=self.scale
+            )
+        self.backend = backend
+        self.precision = precision
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        *,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        backend: str = "torch",
+        tile: str | int | None = "auto",
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        strength: float = 1.0,
+        upscale: bool = False,
+    ) -> Enhancer:
+        """Build an Enhancer for registry model ``model`` (or a weights id like ``neid.lol``).
+
+        Weights load through :func:`lowlight_cli.registry.load_model`; ``weights`` is a weights
+        id, a file path, or None for the model's default.
+
+        Raises:
+            UsageError, WeightsError, ResourceError: unknown model/backend/device, missing or
+                bad weights, unsupported precision.
+        """
+        from lowlight_cli.backends import create_backend
+
+        spec = get_spec(model)
+        if weights is None and "." in model:
+            weights = model  # `--model symnet.fivek` picks that variant's weights
+        _check_upscale(spec, upscale)
+        parse_tile(tile)  # fail on a bad tile before loading weights
+        runner = create_backend(
+            backend, spec, weights=weights, device=device, precision=precision, upscale=upscale
+        )
+        return cls(
+            spec=spec,
+            backend=runner,
+            precision=precision,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            strength=strength,
+            upscale=upscale,
+        )
+
+    # ------------------------------------------------------------------------------------------
+
+    def enhance(self, pixels: np.ndarray, progress: ProgressCallback | None = None) -> np.ndarray:
+        """Enhance one photo.
+
+        Args:
+            pixels: ``(H, W, 3)`` float32 RGB in [0, 1] (not modified).
+            progress: called as ``progress(done, total)`` after every tile.
+
+        Returns:
+            ``(H * scale, W * scale, 3)`` float32 RGB in [0, 1].
+
+        Raises:
+            UsageError: not an ``(H, W, 3)`` array.
+            ResourceError: out of memory even at the smallest tile.
+        """
+        image = np.asarray(pixels, dtype=np.float32)
+        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise UsageError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        tile = self.tile if self.tile is not None else self.auto_tile(*image.shape[:2])
+        if not self.spec.supports_tiling:
+            tile = 0
+        while True:
+            try:
+                out = self._run(image, tile, progress)
+                break
+            except (OutOfMemory, MemoryError) as exc:
+                self.backend.free()
+                smaller = self._smaller_tile(tile, image.shape[:2])
+                if smaller < MIN_TILE or not self.spec.supports_tiling:
+                    raise ResourceError(
+                        f"out of memory at tile {tile or 'whole image'} on {self.backend.device}"
+                        f" ({str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})",
+                        hint="close other programs, try --device cpu, --precision bf16/fp16 "
+                        "where the model allows it, or a smaller --tile",
+                    ) from exc
+                tile = smaller
+        if self.strength < 1.0:
+            self._blend_with_input(out, image)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+    def auto_tile(self, height: int, width: int) -> int:
+        """Tile side for an ``height x width`` photo from free memory (0: whole image fits)."""
+        from lowlight_cli.devices import available_memory
+
+        device = self.backend.device
+        kind = device.split(":", 1)[0]
+        budget = available_memory(_torch_device(device)) * MEMORY_FRACTION.get(kind, 0.25)
+        if kind == "cpu":
+            budget = min(budget, CPU_MEMORY_CAP)
+        per_pixel = BYTES_PER_PIXEL.get(self.spec.name, DEFAULT_BYTES_PER_PIXEL)
+        if self.precision in ("fp16", "bf16"):
+            per_pixel //= 2
+        # The model sees input pixels; an x2 model's activations grow with its output size.
+        per_pixel *= self.scale * self.scale
+        pixels = budget / per_pixel
+        m = self.spec.size_multiple
+        padded = _round_up(height, m) * _round_up(width, m)
+        if padded <= pixels and max(height, width) <= MAX_AUTO_TILE:
+            return 0
+        side = min(math.isqrt(int(pixels)), MAX_AUTO_TILE)
+        return max(MIN_TILE, (side // m) * m)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _smaller_tile(self, tile: int, shape: tuple[int, ...]) -> int:
+        m = self.spec.size_multiple
+        current = tile or max(_round_up(shape[0], m), _round_up(shape[1], m))
+        return ((current // 2) // m) * m
+
+    def _tile_geometry(self, tile: int) -> tuple[int, int]:
+        """Overlap and margin that fit ``tile``: shrunk together so they take <= half of it."""
+        overlap, margin = self.tile_overlap, self.spec.receptive_margin
+        shared = overlap + 2 * margin
+        limit = tile // 2 - self.spec.size_multiple
+        if tile and shared > limit:
+            factor = max(limit, 0) / shared
+            overlap, margin = int(overlap * factor), int(margin * factor)
+        return overlap, margin
+
+    def _run(self, image: np.ndarray, tile: int, progress: ProgressCallback | None) -> np.ndarray:
+        h, w = image.shape[:2]
+        m, s = self.spec.size_multiple, self.scale
+        hp, wp = _round_up(h, m), _round_up(w, m)
+        overlap, margin = self._tile_geometry(tile)
+        tiles = plan_tiles(hp, wp, tile, overlap, m, margin=margin)
+        if len(tiles) == 1:
+            y = self.backend.run(_extract(image, tiles[0], hp, wp))
+            if progress is not None:
+                progress(1, 1)
+            return np.ascontiguousarray(y[0, :, : h * s, : w * s].transpose(1, 2, 0))
+        stats = self._context_stats(image, tile) if self.context_pass else None
+        out = np.zeros((h * s, w * s, 3), dtype=np.float32)
+        for done, t in enumerate(tiles, start=1):
+            y = self.backend.run(_extract(image, t, hp, wp), stats)
+            merge_tile(out, y[0].transpose(1, 2, 0), t, scale=s)
+            del y
+            if progress is not None:
+                progress(done, len(tiles))
+        return out
+
+    def _context_stats(self, image: np.ndarray, tile: int) -> np.ndarray | None:
+        """Pooled statistics of the whole image, shrunk to a tile's memory (area) at most."""
+        import cv2
+
+        h, w = image.shape[:2]
+        m = self.spec.size_multiple
+        area = max(tile * tile, CONTEXT_MIN_AREA)
+        factor = min(1.0, CONTEXT_LONG_SIDE / max(h, w), math.sqrt(area / (h * w)))
+        if factor < 1.0:
+            size = (max(m, round(w * factor)), max(m, round(h * factor)))
+            # INTER_AREA averages, so the small image keeps the big one's means.
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        else:
+            small = image
+        sh, sw = small.shape[:2]
+        hp, wp = _round_up(sh, m), _round_up(sw, m)
+        whole = plan_tiles(hp, wp, 0, 0, m)[0]
+        return self.backend.context(_extract(small, whole, hp, wp))
+
+    def _blend_with_input(self, out: np.ndarray, image: np.ndarray) -> None:
+        """``out = image + strength * (out - image)``, in place (input upscaled for x2 models)."""
+        if self.scale != 1:
+            import cv2
+
+            h, w = out.shape[:2]
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
+        out -= image
+        out *= self.strength
+        out += image
+
+
+def _check_upscale(spec: ModelSpec, upscale: bool) -> None:
+    if upscale and "upscale" not in spec.kwargs:
+        capable = ", ".join(n for n, s in _models().items() if "upscale" in s.kwargs) or "none"
+        raise UsageError(
+            f"model '{spec.name}' has no x2 mode", hint=f"--upscale works with: {capable}"
+        )
+
+
+def _models() -> dict[str, ModelSpec]:
+    from lowlight_cli.registry import MODELS
+
+    return MODELS
+
+
+def _torch_device(name: str):  # -> torch.device
+    import torch
+
+    return torch.device(name)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _axis_index(start: int, stop: int, size: int, padded: int) -> slice | np.ndarray:
+    """Source rows/columns for ``[start, stop)`` of an axis padded from ``size`` to ``padded``.
+
+    Reflect padding (no repeated edge pixel), or edge replication when the image is too small to
+    reflect (``padded - size >= size``).
+    """
+    if stop <= size:
+        return slice(start, stop)
+    index = np.arange(start, stop)
+    beyond = index >= size
+    if padded - size < size:
+        index[beyond] = 2 * (size - 1) - index[beyond]
+    else:
+        index[beyond] = size - 1
+    return index
+
+
+def _extract(image: np.ndarray, tile: Tile, hp: int, wp: int) -> np.ndarray:
+    """The tile's pixels from the unpadded ``image`` as ``(1, 3, h, w)`` float32 (a copy)."""
+    h, w = image.shape[:2]
+    rows = _axis_index(tile.y.start, tile.y.stop, h, hp)
+    cols = _axis_index(tile.x.start, tile.x.stop, w, wp)
+    part = image[rows] if isinstance(rows, slice) else np.take(image, rows, axis=0)
+    part = part[:, cols] if isinstance(cols, slice) else np.take(part, cols, axis=1)
+    return np.ascontiguousarray(part.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -1,0 +1,264 @@
+"""The engine: padding and cropping, seamless tiles with a shared context, memory fallbacks."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lowlight_cli import engine as engine_module
+from lowlight_cli.backends.base import Backend, OutOfMemory, is_out_of_memory
+from lowlight_cli.devices import resolve_device, resolve_precision
+from lowlight_cli.engine import Enhancer, _extract, parse_tile
+from lowlight_cli.errors import ResourceError, UsageError
+from lowlight_cli.models.blocks import global_avg_pool
+from lowlight_cli.registry import MODELS, NEURAL_MODELS, ModelSpec, create_model, get_spec
+from lowlight_cli.tiling import plan_tiles
+
+
+class PoolingNet(nn.Module):
+    """Small fully convolutional net with two global poolings and a stride-2 stage.
+
+    Its receptive field (about 12 px each side) is below the margin used with it, so tiles with a
+    replayed context must match the whole-image result to float precision.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.up = nn.ConvTranspose2d(8, 3, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.inp(x))
+        f = f * torch.sigmoid(4 * global_avg_pool(f))
+        f = torch.relu(self.down(f))
+        f = f - global_avg_pool(f)
+        return x + 0.5 * self.up(f)
+
+
+TOY = ModelSpec(name="toy", builder="tests:PoolingNet", size_multiple=4, receptive_margin=16)
+
+
+def _toy() -> nn.Module:
+    torch.manual_seed(0)
+    return PoolingNet().eval()
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth 'photo' plus noise: random weights on white noise would be an unrealistic test."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 0.25 + 0.2 * np.sin(xx / 17.0)[..., None] * np.cos(yy / 23.0)[..., None]
+    tint = np.array([0.9, 1.0, 1.1], np.float32)
+    return np.clip(base * tint + 0.05 * rng.random((h, w, 3), dtype=np.float32), 0, 1)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 2), (37, 53), (64, 64), (101, 7)])
+def test_output_size_equals_input_size(h: int, w: int) -> None:
+    enh = Enhancer(_toy(), spec=TOY, device="cpu", tile=0)
+    out = enh.enhance(_image(h, w))
+    assert out.shape == (h, w, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_padding_reflects_and_falls_back_to_replicate() -> None:
+    image = _image(37, 5)
+    (whole,) = plan_tiles(48, 16, 0, 0, 16)
+    got = _extract(image, whole, 48, 16)[0].transpose(1, 2, 0)
+    rows = np.pad(image, ((0, 11), (0, 0), (0, 0)), mode="reflect")  # 11 < 37: reflect
+    expected = np.pad(rows, ((0, 0), (0, 11), (0, 0)), mode="edge")  # 11 >= 5: replicate
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_tiles_with_context_match_whole_image_and_beat_naive_tiles() -> None:
+    model, image = _toy(), _image(190, 161)
+    whole = Enhancer(model, spec=TOY, device="cpu", tile=0).enhance(image)
+    shared = Enhancer(model, spec=TOY, device="cpu", tile=64, tile_overlap=8).enhance(image)
+    naive = Enhancer(model, spec=TOY, device="cpu", tile=64, tile_overlap=8, context_pass=False)
+    naive_out = naive.enhance(image)
+    assert np.abs(shared - whole).max() < 1e-5  # receptive field < margin: exact up to rounding
+    assert _psnr(naive_out, whole) < _psnr(shared, whole)
+    assert np.abs(naive_out - whole).max() > 1e-4  # the context pass really changes something
+
+
+# Smaller variants of the heaviest architectures keep this file fast; the code paths (pooling,
+# padding, size multiples) are the same as with the default kwargs.
+_SMALL_KWARGS: dict[str, dict] = {"symnet": {"num_blocks": 2, "rounds": 1}, "nrl": {"steps": 2}}
+
+
+def _registry_model(name: str, **overrides) -> nn.Module:
+    spec = get_spec(name)
+    module_name = spec.builder.split(":", 1)[0]
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            pytest.skip(f"{module_name} is not in this checkout yet")
+        raise
+    torch.manual_seed(0)
+    model = create_model(name, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and not p.any():
+                p.normal_(0.0, 0.02)  # zero-initialised output convs would hide the pooling path
+    return model
+
+
+@pytest.mark.parametrize("name", NEURAL_MODELS)
+def test_random_weight_models_tile_seamlessly(name: str) -> None:
+    """128 x 96 in 64-px tiles (every tile touches a seam) vs one whole-image pass.
+
+    Compared before clamping, since random weights often land outside [0, 1]. Random outputs are
+    nearly flat, so PSNR would flatter them; the signal-to-tiling-error ratio (output variance
+    over mean squared difference) is scale-free instead. 30 dB means the tiling error carries at
+    most 0.1 % of the output's variation; with the context replayed it must also be no worse than
+    naive tiles that pool on their own.
+    """
+    model, spec = _registry_model(name, **_SMALL_KWARGS.get(name, {})), get_spec(name)
+    image = _image(128, 96, seed=1)
+    whole = Enhancer(model, spec=spec, device="cpu", tile=0)._run(image, 0, None)
+    enh = Enhancer(model, spec=spec, device="cpu", tile=64, tile_overlap=16)
+    tiled = enh._run(image, 64, None)
+    enh.context_pass = False
+    naive = enh._run(image, 64, None)
+    assert tiled.shape == whole.shape == image.shape
+    error, naive_error = np.mean((tiled - whole) ** 2), np.mean((naive - whole) ** 2)
+    assert 10 * np.log10(whole.var() / max(error, 1e-30)) >= 30.0
+    assert error <= naive_error * (1 + 1e-3) + 1e-12
+
+
+class _LimitedBackend(Backend):
+    """Wraps a backend and runs out of memory above ``max_pixels`` per call."""
+
+    def __init__(self, inner: Backend, max_pixels: int) -> None:
+        self.inner, self.max_pixels = inner, max_pixels
+        self.device, self.scale, self.sizes, self.freed = inner.device, inner.scale, [], 0
+
+    def run(self, x: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        self.sizes.append(x.shape[2] * x.shape[3])
+        if x.shape[2] * x.shape[3] > self.max_pixels:
+            raise OutOfMemory("CUDA out of memory (simulated)")
+        return self.inner.run(x, stats)
+
+    def context(self, x: np.ndarray) -> np.ndarray | None:
+        return self.inner.context(x)
+
+    def free(self) -> None:
+        self.freed += 1
+
+
+def test_out_of_memory_halves_the_tile_and_retries() -> None:
+    inner = Enhancer(_toy(), spec=TOY, device="cpu", tile=0).backend
+    limited = _LimitedBackend(inner, max_pixels=120 * 120)
+    image = _image(260, 240)
+    out = Enhancer(spec=TOY, backend=limited, tile=0).enhance(image)
+    reference = Enhancer(_toy(), spec=TOY, device="cpu", tile=0).enhance(image)
+    assert limited.freed >= 1 and limited.sizes[-1] <= 120 * 120
+    assert _psnr(out, reference) > 60
+
+
+def test_out_of_memory_below_the_minimum_tile_is_a_resource_error() -> None:
+    inner = Enhancer(_toy(), spec=TOY, device="cpu", tile=0).backend
+    enh = Enhancer(spec=TOY, backend=_LimitedBackend(inner, max_pixels=10), tile=256)
+    with pytest.raises(ResourceError, match="out of memory") as info:
+        enh.enhance(_image(300, 300))
+    assert info.value.hint and "--tile" in info.value.hint
+    assert info.value.exit_code == 5
+
+
+def test_recognises_out_of_memory_errors() -> None:
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] not enough memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_strength_blends_with_the_input() -> None:
+    image = _image(40, 48)
+    full = Enhancer(_toy(), spec=TOY, device="cpu", tile=0).enhance(image)
+    none = Enhancer(_toy(), spec=TOY, device="cpu", tile=0, strength=0.0).enhance(image)
+    half = Enhancer(_toy(), spec=TOY, device="cpu", tile=0, strength=0.5).enhance(image)
+    np.testing.assert_allclose(none, image, atol=1e-6)
+    inside = (full > 0) & (full < 1)  # clamping makes the blend non-linear at the limits
+    np.testing.assert_allclose(half[inside], ((image + full) / 2)[inside], atol=1e-5)
+    with pytest.raises(UsageError):
+        Enhancer(_toy(), spec=TOY, device="cpu", strength=1.5)
+
+
+def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    enh = Enhancer(_toy(), spec=TOY, device="cpu")
+    monkeypatch.setattr("lowlight_cli.devices.available_memory", lambda device: 8 * 1024**3)
+    assert enh.auto_tile(400, 600) == 0  # fits: one pass, no seams at all
+    big = enh.auto_tile(6000, 4000)
+    monkeypatch.setattr("lowlight_cli.devices.available_memory", lambda device: 256 * 1024**2)
+    small = enh.auto_tile(6000, 4000)
+    assert engine_module.MIN_TILE <= small < big and small % TOY.size_multiple == 0
+
+
+def test_parse_tile() -> None:
+    assert parse_tile("auto") is None and parse_tile("0") == 0 and parse_tile(" 512 ") == 512
+    for bad in ("-3", "big", "1.5"):
+        with pytest.raises(UsageError):
+            parse_tile(bad)
+
+
+def test_devices_and_precisions() -> None:
+    cpu = resolve_device("cpu")
+    assert cpu.type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    for bad in ("tpu", "cuda:x"):
+        with pytest.raises(UsageError):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="not available"):
+            resolve_device("cuda:0")
+    assert resolve_precision("fp32", TOY, cpu) == torch.float32
+    with pytest.raises(ResourceError, match="not validated"):
+        resolve_precision("bf16", TOY, cpu)  # the spec does not declare bf16 safe
+    safe = ModelSpec(name="safe", builder="x:y", fp16_safe=True, bf16_safe=True)
+    assert resolve_precision("bf16", safe, cpu) == torch.bfloat16
+    with pytest.raises(ResourceError, match="CPU"):
+        resolve_precision("fp16", safe, cpu)
+    with pytest.raises(UsageError):
+        resolve_precision("fp8", safe, cpu)
+
+
+def test_bf16_on_cpu_runs_close_to_fp32() -> None:
+    safe = ModelSpec(name="toy", builder="x:y", size_multiple=4, bf16_safe=True)
+    image = _image(48, 40)
+    ref = Enhancer(_toy(), spec=safe, device="cpu", tile=0).enhance(image)
+    low = Enhancer(_toy(), spec=safe, device="cpu", tile=0, precision="bf16").enhance(image)
+    assert _psnr(low, ref) > 30  # bf16 has 8 mantissa bits: about 3 decimal digits
+
+
+def test_upscale_only_for_models_that_have_it() -> None:
+    with pytest.raises(UsageError, match="no x2 mode"):
+        Enhancer(_toy(), spec=TOY, device="cpu", upscale=True)
+    with pytest.raises(UsageError, match="no x2 mode"):
+        Enhancer.create("gamma", upscale=True)
+
+
+def test_create_rejects_unknown_backend_and_model() -> None:
+    with pytest.raises(UsageError):
+        Enhancer.create("nope")
+    with pytest.raises(UsageError, match="backend"):
+        Enhancer.create("gamma", backend="tensorrt")
+
+
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.kind == "classical"])
+def test_classical_models_through_create(name: str) -> None:
+    _registry_model(name)  # skips while the module is not in the checkout
+    enh = Enhancer.create(name, device="cpu", tile=0)
+    dark = _image(50, 70) * 0.2
+    out = enh.enhance(dark)
+    assert out.shape == dark.shape
+    assert out.mean() > dark.mean() + 0.05  # a dark photo comes out brighter
