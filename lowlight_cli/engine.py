@@ -106,7 +106,7 @@ class Enhancer:
             raise UsageError(f"strength must be between 0 and 1, not {strength}")
         if tile_overlap < 0:
             raise UsageError(f"tile overlap must be >= 0, not {tile_overlap}")
-        _check_upscale(spec, upscale)
+        check_upscale(spec, upscale)
         self.spec = spec
         self.scale = 2 if upscale else spec.scale
         self.tile = parse_tile(tile)
@@ -155,7 +155,7 @@ class Enhancer:
         spec = get_spec(model)
         if weights is None and "." in model:
             weights = model  # `--model symnet.fivek` picks that variant's weights
-        _check_upscale(spec, upscale)
+        check_upscale(spec, upscale)
         parse_tile(tile)  # fail on a bad tile before loading weights
         runner = create_backend(
             backend, spec, weights=weights, device=device, precision=precision, upscale=upscale
@@ -303,7 +303,8 @@ class Enhancer:
         out += image
 
 
-def _check_upscale(spec: ModelSpec, upscale: bool) -> None:
+def check_upscale(spec: ModelSpec, upscale: bool) -> None:
+    """Raise UsageError when ``upscale`` is asked of a model without an x2 mode."""
     if upscale and "upscale" not in spec.kwargs:
         capable = ", ".join(n for n, s in _models().items() if "upscale" in s.kwargs) or "none"
         raise UsageError(

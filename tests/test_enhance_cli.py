@@ -1,0 +1,168 @@
+"""``lowlight enhance``: outputs, stdin/stdout, JSON, refusals, exit codes (gamma model)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowlight_cli.cli import main
+
+
+class Result:
+    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+        self.output = stdout + stderr
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``lowlight ARGS`` through ``main`` (which maps errors to exit codes) in-process."""
+
+    def invoke(args: list[str]) -> Result:
+        capsys.readouterr()
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def _dark(path: Path, size: tuple[int, int] = (48, 36), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random((size[1], size[0], 3)) * 50).astype(np.uint8)).save(path)
+    return path
+
+
+def _mean(path: Path) -> float:
+    return float(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).mean())
+
+
+def test_default_output_beside_input_and_brighter(cli, tmp_path: Path) -> None:
+    src = _dark(tmp_path / "night.jpg")
+    before = src.read_bytes()
+    result = cli(["enhance", str(src), "--model", "gamma"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "night_enhanced.jpg"
+    assert out.exists() and str(out) in result.stdout
+    assert Image.open(out).size == (48, 36)
+    assert _mean(out) > _mean(src) + 10
+    assert src.read_bytes() == before  # the input is untouched
+
+
+def test_many_inputs_into_a_folder_with_json(cli, tmp_path: Path) -> None:
+    a, b = _dark(tmp_path / "a.png"), _dark(tmp_path / "b.jpg", (30, 20), seed=1)
+    out_dir = tmp_path / "out"
+    result = cli(["enhance", str(a), str(b), "-o", str(out_dir), "-m", "gamma", "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)["files"]
+    assert [Path(r["output"]).name for r in records] == ["a_enhanced.png", "b_enhanced.jpg"]
+    assert records[1]["size"] == [30, 20] and records[1]["model"] == "gamma"
+    assert all(r["seconds"] >= 0 for r in records)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_enhanced.png", "b_enhanced.jpg"]
+
+
+def test_output_file_format_and_bit_depth(cli, tmp_path: Path) -> None:
+    src = _dark(tmp_path / "x.jpg")
+    dest = tmp_path / "result.png"
+    result = cli(["enhance", str(src), "-o", str(dest), "-m", "gamma", "--bit-depth", "16"])
+    assert result.exit_code == 0, result.output
+    assert dest.exists() and not (tmp_path / "x_enhanced.jpg").exists()
+    assert dest.read_bytes()[24] == 16  # PNG IHDR bit depth
+    made = cli(["enhance", str(src), "-m", "gamma", "-f", "webp", "--suffix", "_b"])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "x_b.webp").exists()
+
+
+def test_existing_output_is_refused_then_overwritten(cli, tmp_path: Path) -> None:
+    src = _dark(tmp_path / "p.png")
+    dest = tmp_path / "p_enhanced.png"
+    dest.write_bytes(b"keep me")
+    refused = cli(["enhance", str(src), "-m", "gamma"])
+    assert refused.exit_code == 3
+    assert dest.read_bytes() == b"keep me"
+    done = cli(["enhance", str(src), "-m", "gamma", "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert Image.open(dest).size == (48, 36)
+
+
+def test_input_is_never_the_output(cli, tmp_path: Path) -> None:
+    src = _dark(tmp_path / "same.png")
+    before = src.read_bytes()
+    result = cli(["enhance", str(src), "-o", str(src), "-m", "gamma", "--overwrite"])
+    assert result.exit_code == 3
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--model", "nope"], 2),
+        (["--model", "gamma", "--upscale"], 2),
+        (["--model", "gamma", "--tile", "big"], 2),
+        (["--model", "gamma", "--backend", "tensorrt"], 2),
+        (["--model", "gamma", "--device", "tpu"], 2),
+        (["--model", "gamma", "--strength", "1.5"], 2),
+        (["--model", "gamma", "--format", "gif"], 2),
+        (["--model", "gamma", "--format", "jpg", "--bit-depth", "16"], 2),
+        (["--model", "clahe", "--precision", "fp16"], 5),
+    ],
+)
+def test_bad_options_exit_codes(cli, tmp_path: Path, args: list[str], code: int) -> None:
+    src = _dark(tmp_path / "i.png")
+    result = cli(["enhance", str(src), *args])
+    assert result.exit_code == code, result.output
+    assert not (tmp_path / "i_enhanced.png").exists()
+
+
+def test_unreadable_input_exit_3(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = cli(["enhance", str(bad), "-m", "gamma"])
+    assert result.exit_code == 3
+    assert not list(tmp_path.glob("broken_enhanced*"))
+
+
+def test_stdin_to_stdout_in_a_real_process(tmp_path: Path) -> None:
+    src = _dark(tmp_path / "pipe.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowlight_cli", "enhance", "-", "--model", "gamma"],
+        input=src.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    image = Image.open(io.BytesIO(proc.stdout))
+    assert image.format == "PNG" and image.size == (48, 36)
+    assert list(tmp_path.iterdir()) == [src]  # nothing written beside
+
+
+def test_strength_zero_keeps_the_photo(cli, tmp_path: Path) -> None:
+    src = _dark(tmp_path / "s.png")
+    result = cli(["enhance", str(src), "-m", "gamma", "--strength", "0"])
+    assert result.exit_code == 0, result.output
+    original = np.asarray(Image.open(src), dtype=int)
+    produced = np.asarray(Image.open(tmp_path / "s_enhanced.png"), dtype=int)
+    assert np.abs(original - produced).max() <= 1
+
+
+def test_env_vars_supply_defaults(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _dark(tmp_path / "e.png")
+    monkeypatch.setenv("LOWLIGHT_MODEL", "gamma")
+    monkeypatch.setenv("LOWLIGHT_DEVICE", "cpu")
+    monkeypatch.setenv("LOWLIGHT_TILE", "0")
+    result = cli(["enhance", str(src), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"][0]["model"] == "gamma"
+    monkeypatch.setenv("LOWLIGHT_BACKEND", "nonsense")
+    assert cli(["enhance", str(src), "--overwrite"]).exit_code == 2
