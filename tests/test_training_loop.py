@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,16 @@ from lowlight_cli.training.loop import (
     train,
 )
 from lowlight_cli.training.recipes import Recipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, OpenMP threads waiting for each other make
+    these tiny steps tens of times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class TinyEnhancer(nn.Module):
@@ -208,3 +219,147 @@ def test_export_writes_fp16_safetensors(tmp_path: Path, pairs_dir: Path, val_dir
         weight = fh.get_tensor("body.0.weight").float()
     saved = torch.load(tmp_path / "exp" / BEST, weights_only=False)["model_state"]["body.0.weight"]
     assert torch.allclose(weight, saved, atol=1e-3)
+
+
+# ---- the registry's models, tiny -----------------------------------------------------------
+
+TINY_KWARGS = {
+    "symnet": {"num_blocks": 2, "rounds": 1, "width": 16, "reduction": 4},
+    "nrl": {"channels": 16, "steps": 2, "fmsb_first": 8, "fmsb_second": 8, "map_hidden": 16},
+    "frlie": {"width": 8, "num_blocks": 1},
+    "neid": {"base_channels": 8, "depth": 2, "dr_blocks": 1},
+}
+
+
+@pytest.fixture
+def fake_vgg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Random VGG-16 weights in place of the real file (the loop's use of them is under test)."""
+    from lowlight_cli.models import vgg
+
+    torch.manual_seed(5)
+    state = {k: v * 0.5 for k, v in vgg.VGG16Features().state_dict().items()}
+    monkeypatch.setattr(vgg, "load_vgg16_state", lambda path: dict(state))
+    path = tmp_path / "vgg16.npz"
+    path.write_bytes(b"")
+    return path
+
+
+def _model_recipe(name: str, **kw):
+    from lowlight_cli.training.recipes import default_recipe
+
+    changes = dict(
+        epochs=None,
+        iterations=10,
+        milestones=(),
+        milestone_every=None,
+        batch_size=2,
+        patch=32,
+        hflip=False,
+        vflip=False,
+        rot90=False,
+        val_every=5,
+        log_every=1,
+        model_kwargs=TINY_KWARGS[name],
+    )
+    if name == "nrl":
+        changes["lambda_patches"] = 8
+    if name == "frlie":
+        changes["stage"] = 1
+    changes.update(kw)
+    # dataclasses.replace, not Recipe.override: override skips None (epochs=None here).
+    return dataclasses.replace(default_recipe(name), **changes)
+
+
+def _model_cfg(tmp: Path, data: Path, name: str, run: str, vgg: Path, **kw) -> TrainConfig:
+    return TrainConfig(
+        model=name,
+        dataset="pairs",
+        data=data,
+        val=data,
+        recipe=kw.pop("recipe", _model_recipe(name)),
+        out=tmp / run,
+        device="cpu",
+        seed=1,
+        workers=1,
+        vgg=vgg,
+        **kw,
+    )
+
+
+@pytest.fixture
+def small_pairs(tmp_path: Path) -> Path:
+    return _write_pairs(tmp_path / "small", 2, size=(32, 32))
+
+
+@pytest.mark.parametrize("name", ["symnet", "nrl", "frlie", "neid"])
+def test_registry_model_trains_and_resumes(
+    name: str, tmp_path: Path, small_pairs: Path, fake_vgg: Path
+) -> None:
+    from lowlight_cli.registry import NEURAL_MODELS
+
+    assert name in NEURAL_MODELS
+    lr = {"symnet": 2e-3, "nrl": 2e-3, "frlie": 3e-3, "neid": 2e-3}[name]
+    recipe = _model_recipe(name, lr=lr)
+    torch.manual_seed(0)
+    straight = train(_model_cfg(tmp_path, small_pairs, name, "a", fake_vgg, recipe=recipe))
+    losses = [r["loss"] for r in straight.history if r["kind"] == "train"]
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert straight.best is not None and np.isfinite(straight.best["psnr"])
+
+    torch.manual_seed(0)
+    train(_model_cfg(tmp_path, small_pairs, name, "b", fake_vgg, recipe=recipe, stop_at=4))
+    torch.manual_seed(42)  # the resumed run must take everything from the checkpoint
+    resumed = train(
+        _model_cfg(tmp_path, small_pairs, name, "b", fake_vgg, resume=tmp_path / "b" / LAST)
+    )
+    a = torch.load(tmp_path / "a" / LAST, weights_only=False)
+    b = torch.load(tmp_path / "b" / LAST, weights_only=False)
+    assert resumed.step == 10 and a["step"] == b["step"] == 10
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    if name == "nrl":
+        assert a["prepared"]["lambda"] == b["prepared"]["lambda"]
+        assert 0.02 < a["model_state"]["lam"].item() < 1.0  # eq. 6 on dark inputs
+        for key, value in a["task_state"]["disc"].items():
+            assert torch.equal(value, b["task_state"]["disc"][key]), key
+
+
+def test_frlie_stage2_trains_frnet_only(tmp_path: Path, small_pairs: Path, fake_vgg: Path) -> None:
+    from lowlight_cli.errors import UsageError
+
+    torch.manual_seed(0)
+    train(
+        _model_cfg(
+            tmp_path,
+            small_pairs,
+            "frlie",
+            "s1",
+            fake_vgg,
+            recipe=_model_recipe("frlie", iterations=3),
+        )
+    )
+    stage2 = _model_recipe("frlie", stage=2, iterations=6, lr=3e-3)
+    with pytest.raises(UsageError, match="stage 2"):
+        train(_model_cfg(tmp_path, small_pairs, "frlie", "s2x", fake_vgg, recipe=stage2))
+    result = train(
+        _model_cfg(
+            tmp_path,
+            small_pairs,
+            "frlie",
+            "s2",
+            fake_vgg,
+            recipe=stage2,
+            init=tmp_path / "s1" / BEST,
+        )
+    )
+    s1 = torch.load(tmp_path / "s1" / BEST, weights_only=False)["model_state"]
+    s2 = torch.load(tmp_path / "s2" / LAST, weights_only=False)["model_state"]
+    for key, value in s1.items():
+        if key.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, s2[key]), key  # frozen, BN statistics included
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("frnet.")), (
+        "FRNet did not train"
+    )
+    losses = [r["loss"] for r in result.history if r["kind"] == "train"]
+    assert losses[-1] < losses[0]

@@ -319,18 +319,24 @@ def _crop_origin(shape: tuple[int, ...], patch: int, rng: np.random.Generator) -
 
 
 def downscale_bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Bicubic ``factor``-times downscale with antialiasing, clamped to ``[0, 1]``.
+    """The model input of a ``factor``-times downscaling recipe (neid: 256 crops -> 128 inputs).
+
+    Uses neid's own :func:`~lowlight_cli.models.neid.bicubic_downsample_x2`, the function its
+    same-size inference mode applies, so training inputs match what the model sees in use.
 
     Args:
-        x: ``(B, 3, H, W)`` in ``[0, 1]``, H and W multiples of ``factor``.
+        x: ``(B, 3, H, W)`` in ``[0, 1]``, H and W even.
+
+    Raises:
+        UsageError: a factor other than 1 or 2.
     """
     if factor == 1:
         return x
-    out = torch.nn.functional.interpolate(
-        x, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True
-    )
-    # Bicubic overshoots; inputs must stay a valid image.
-    return out.clamp_(0.0, 1.0)
+    if factor != 2:
+        raise UsageError(f"input downscale x{factor} is not supported (only x2)")
+    from lowlight_cli.models.neid import bicubic_downsample_x2
+
+    return bicubic_downsample_x2(x)
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:

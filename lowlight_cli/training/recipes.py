@@ -215,9 +215,10 @@ class NRLRecipe(Recipe):
     """Hu & Huang: Adam 5e-4, batch 32, x0.95 every 5 epochs, 100 epochs of 1/6 of the patches.
 
     Not in the paper (our choices, documented in docs/training.md): 128 px patches; the term
-    weights ``mse 1 + 0.1 DPL + 1e-3 adversarial`` (the SRGAN-style balance the paper builds on);
-    the discriminator's Adam settings equal the generator's; lambda (eq. 6) is estimated from
-    ``lambda_patches`` random training patches before step 0.
+    weights ``MSE + 1e-4 DPL + 1e-3 adversarial`` (those of ``training/losses.py``: 1e-4 makes
+    the Caffe-scale VGG's DPL comparable to the MSE, 1e-3 is SRGAN's adversarial weight); the
+    discriminator's Adam settings and schedule equal the generator's; lambda (eq. 6) is
+    estimated from ``lambda_patches`` random training patches before step 0.
     """
 
     model: str = "nrl"
@@ -229,7 +230,7 @@ class NRLRecipe(Recipe):
     batch_size: int = 32
     patch: int = 128
     mse_weight: float = 1.0
-    dpl_weight: float = 0.1
+    dpl_weight: float = 1e-4
     adv_weight: float = 1e-3
     lambda_patches: int = 1000
 
