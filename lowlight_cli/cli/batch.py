@@ -1,10 +1,305 @@
-"""``lowlight batch``."""
+"""``lowlight batch``: a folder (tree) of photos, resumable, keeps going when a file is bad.
+
+Decoding and encoding run in a small thread pool with a bounded look-ahead, overlapping the model
+on the main thread. Outputs are written atomically by ``image_io``, so an interrupted batch
+(Ctrl-C or SIGTERM) leaves only complete files, and the same command run again skips them.
+"""
 
 from __future__ import annotations
 
-from lowlight_cli.errors import UsageError
+import os
+import signal
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from lowlight_cli.cli.enhance import (
+    BACKEND_OPTION,
+    BIT_DEPTH_OPTION,
+    DEVICE_OPTION,
+    FORMAT_OPTION,
+    JSON_OPTION,
+    MODEL_OPTION,
+    OVERLAP_OPTION,
+    PRECISION_OPTION,
+    QUALITY_OPTION,
+    STRENGTH_OPTION,
+    SUFFIX_OPTION,
+    TILE_OPTION,
+    UPSCALE_OPTION,
+    WEIGHTS_OPTION,
+    build_enhancer,
+    check_model_options,
+    check_output_options,
+)
+from lowlight_cli.errors import BatchFailedError, LowlightError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lowlight_cli.image_io import Photo
+
+# Suffixes read as inputs (lower case); everything else in the folder is ignored.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+# Test hook: seconds to sleep per file so interruption tests can catch a batch mid-run.
+_ENV_TEST_DELAY = "LOWLIGHT_TEST_DELAY"
 
 
-def batch() -> None:
-    """(being built)"""
-    raise UsageError("'batch' is not available yet in this build")
+@dataclass
+class FileResult:
+    """One line of the report."""
+
+    input: str
+    output: str
+    status: str  # "ok", "skipped" or "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def find_images(
+    folder: Path, *, recursive: bool, pattern: str, suffix: str, exclude: Path | None
+) -> list[Path]:
+    """Image files under ``folder`` that are inputs, sorted.
+
+    Hidden files (temp files of an interrupted write among them), files whose stem ends with
+    ``suffix`` (earlier results) and anything under ``exclude`` (the output folder) are not.
+    """
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    excluded = exclude.resolve() if exclude is not None else None
+    images = []
+    for path in found:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+            continue
+        if suffix and path.stem.endswith(suffix):
+            continue
+        if excluded is not None and path.resolve().is_relative_to(excluded):
+            continue
+        if path.is_file():
+            images.append(path)
+    return sorted(images)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def batch(
+    folder: Path = typer.Argument(..., help="Folder of photos.", show_default=False),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Output folder (default: beside each input)."
+    ),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Include subfolders; the tree is mirrored under -o."
+    ),
+    pattern: str = typer.Option("*", "--glob", help="Only names matching this pattern."),
+    skip_existing: bool = typer.Option(
+        True, "--skip-existing/--no-skip-existing", help="Skip photos whose output exists."
+    ),
+    model: str = MODEL_OPTION,
+    weights: str | None = WEIGHTS_OPTION,
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    backend: str = BACKEND_OPTION,
+    tile: str = TILE_OPTION,
+    tile_overlap: int = OVERLAP_OPTION,
+    strength: float = STRENGTH_OPTION,
+    upscale: bool = UPSCALE_OPTION,
+    fmt: str | None = FORMAT_OPTION,
+    quality: int = QUALITY_OPTION,
+    bit_depth: int | None = BIT_DEPTH_OPTION,
+    suffix: str = SUFFIX_OPTION,
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Decode/encode threads."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Enhance every photo in FOLDER; bad files are reported, not fatal (exit 6)."""
+    from lowlight_cli.image_io import output_path_for
+
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder", hint="use `lowlight enhance` for files")
+    out_root = output.expanduser() if output is not None else None
+    if out_root is not None and out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"-o {output} is a file; batch needs a folder")
+    if out_root is None and not suffix:
+        raise UsageError("an empty --suffix would write over the inputs", hint="pass -o DIR")
+    fmt = check_output_options(fmt, bit_depth)
+    check_model_options(model, tile, upscale)
+
+    inputs = find_images(
+        folder, recursive=recursive, pattern=pattern, suffix=suffix, exclude=out_root
+    )
+    if not inputs:
+        raise UsageError(
+            f"no images in {folder} match {pattern!r}",
+            hint="check the folder, --glob, or add --recursive",
+        )
+    results: list[FileResult] = []
+    todo: list[tuple[Path, Path]] = []
+    for src in inputs:
+        rel = src.relative_to(folder).parent
+        dest = output_path_for(src, (out_root / rel) if out_root else src.parent, suffix, fmt)
+        if skip_existing and dest.exists():
+            results.append(FileResult(str(src), str(dest), "skipped"))
+        else:
+            todo.append((src, dest))
+
+    started = time.perf_counter()
+    if todo:
+        enhancer = build_enhancer(
+            model=model,
+            weights=weights,
+            device=device,
+            precision=precision,
+            backend=backend,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            strength=strength,
+            upscale=upscale,
+        )
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
+        try:
+            results += _run(
+                enhancer,
+                todo,
+                workers=workers,
+                write_options={
+                    "format": fmt,
+                    "quality": quality,
+                    "bit_depth": bit_depth,
+                    "overwrite": not skip_existing,
+                },
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    _report(results, model=model, seconds=time.perf_counter() - started, as_json=as_json)
+
+
+def _run(
+    enhancer: Any,
+    todo: list[tuple[Path, Path]],
+    *,
+    workers: int,
+    write_options: dict[str, Any],
+) -> list[FileResult]:
+    """Read ahead, enhance on this thread, write behind; one failure never stops the rest."""
+    from lowlight_cli.cli._common import err_console, progress_enabled
+    from lowlight_cli.image_io import read_image, write_image
+
+    delay = float(os.environ.get(_ENV_TEST_DELAY, "0") or 0)
+    results: list[FileResult] = []
+    reads: deque[Future[Photo]] = deque()
+    writes: deque[tuple[Future[Any], FileResult, float]] = deque()
+    next_read = 0
+    bar = task = None
+    if progress_enabled():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        bar.start()
+        task = bar.add_task("enhancing", total=len(todo))
+
+    def finish_write(block: bool) -> None:
+        while writes and (block or writes[0][0].done()):
+            future, record, began = writes.popleft()
+            try:
+                future.result()
+            except LowlightError as err:
+                record.status, record.error = "failed", str(err)
+            except Exception as err:  # encoder bugs must not stop the batch either
+                record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+            record.seconds = round(time.perf_counter() - began, 3)
+            results.append(record)
+            if bar is not None:
+                bar.advance(task)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lowlight-io")
+    try:
+        for index, (src, dest) in enumerate(todo):
+            while next_read < len(todo) and next_read <= index + workers:  # bounded look-ahead
+                reads.append(pool.submit(read_image, todo[next_read][0]))
+                next_read += 1
+            began = time.perf_counter()
+            record = FileResult(str(src), str(dest), "ok")
+            try:
+                photo = reads.popleft().result()
+                if delay:
+                    time.sleep(delay)
+                pixels = enhancer.enhance(photo.pixels)
+            except LowlightError as err:
+                record.status, record.error = "failed", str(err)
+            except Exception as err:
+                record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+            if record.status == "failed":
+                record.seconds = round(time.perf_counter() - began, 3)
+                results.append(record)
+                if bar is not None:
+                    bar.advance(task)
+                continue
+            writes.append(
+                (pool.submit(write_image, dest, photo, pixels, **write_options), record, began)
+            )
+            del photo, pixels
+            while len(writes) > workers:  # bounded: finished pixels must not pile up in memory
+                finish_write(block=True)
+            finish_write(block=False)
+        while writes:
+            finish_write(block=True)
+    finally:
+        # On Ctrl-C/SIGTERM: drop queued reads, let running writes finish (they are atomic, so
+        # each either completes or leaves nothing), then let the interrupt propagate.
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.stop()
+    return results
+
+
+def _report(results: list[FileResult], *, model: str, seconds: float, as_json: bool) -> None:
+    from lowlight_cli.cli._common import err_console, print_json
+
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    failed = [r for r in results if r.status == "failed"]
+    if as_json:
+        print_json(
+            {
+                "model": model,
+                "summary": {**counts, "total": len(results), "seconds": round(seconds, 3)},
+                "files": [asdict(r) for r in sorted(results, key=lambda r: r.input)],
+            }
+        )
+    from rich.table import Table
+
+    table = Table(title="lowlight batch", title_justify="left")
+    for column in ("enhanced", "skipped", "failed", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(counts[s]) for s in ("ok", "skipped", "failed")), f"{seconds:.1f}")
+    err_console.print(table)
+    if failed:
+        for r in failed:
+            err_console.print(f"failed: {r.input}: {r.error}", markup=False, highlight=False)
+        names = ", ".join(r.input for r in failed[:5])  # the reasons are listed just above
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise BatchFailedError(
+            f"{len(failed)} of {len(results)} files failed: {names}{more}",
+            hint="fix or remove those files and run the same command again; "
+            "finished files are skipped",
+        )

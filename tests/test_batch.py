@@ -1,0 +1,172 @@
+"""``lowlight batch``: discovery, mirroring, skipping, bad files, interruption (gamma model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowlight_cli.cli import main
+from lowlight_cli.cli.batch import find_images
+
+
+def _dark(path: Path, size: tuple[int, int] = (32, 24), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random((size[1], size[0], 3)) * 50).astype(np.uint8)).save(path)
+    return path
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _tree(root: Path) -> None:
+    _dark(root / "a.jpg")
+    _dark(root / "b.png", seed=1)
+    _dark(root / "sub" / "c.png", seed=2)
+    _dark(root / "sub" / "deeper" / "d.webp", seed=3)
+    (root / "notes.txt").write_text("not an image")
+
+
+def test_recursive_mirror_then_everything_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tree(src)
+    code, stdout, stderr = _run(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
+    )
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["summary"]["ok"] == 4 and report["summary"]["failed"] == 0
+    made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert made == [
+        "a_enhanced.jpg",
+        "b_enhanced.png",
+        "sub/c_enhanced.png",
+        "sub/deeper/d_enhanced.webp",
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    code, stdout, _ = _run(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
+    )
+    assert code == 0
+    summary = json.loads(stdout)["summary"]
+    assert summary["ok"] == 0 and summary["skipped"] == 4
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    code, stdout, _ = _run(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json", "--no-skip-existing"],
+        capsys,
+    )
+    assert code == 0 and json.loads(stdout)["summary"]["ok"] == 4
+
+
+def test_outputs_beside_inputs_are_never_reread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tree(tmp_path)
+    code, _, err = _run(["batch", str(tmp_path), "-m", "gamma"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "a_enhanced.jpg").exists() and not (
+        tmp_path / "sub" / "c_enhanced.png"
+    ).exists()
+    code, stdout, _ = _run(["batch", str(tmp_path), "-m", "gamma", "--json"], capsys)
+    files = json.loads(stdout)["files"]
+    assert {Path(f["input"]).name for f in files} == {"a.jpg", "b.png"}
+    assert all(f["status"] == "skipped" for f in files)
+    assert not list(tmp_path.glob("*_enhanced_enhanced*"))
+
+
+def test_output_folder_inside_input_is_excluded(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    _dark(tmp_path / "results" / "old.png")  # e.g. a previous run's output without suffix
+    found = find_images(
+        tmp_path, recursive=True, pattern="*", suffix="", exclude=tmp_path / "results"
+    )
+    assert [p.name for p in found] == ["a.jpg", "b.png", "c.png", "d.webp"]
+    only_png = find_images(tmp_path, recursive=True, pattern="*.png", suffix="_x", exclude=None)
+    assert sorted(p.name for p in only_png) == ["b.png", "c.png", "old.png"]
+
+
+def test_corrupt_files_are_reported_and_the_rest_finishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tree(src)
+    (src / "truncated.jpg").write_bytes((src / "a.jpg").read_bytes()[:60])
+    (src / "sub" / "empty.png").write_bytes(b"")
+    (src / "text.webp").write_text("hello")
+    code, stdout, stderr = _run(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
+    )
+    assert code == 6
+    report = json.loads(stdout)
+    assert report["summary"]["ok"] == 4 and report["summary"]["failed"] == 3
+    failed = {Path(f["input"]).name: f["error"] for f in report["files"] if f["status"] == "failed"}
+    assert set(failed) == {"truncated.jpg", "empty.png", "text.webp"}
+    assert all(reason for reason in failed.values())
+    for name in failed:
+        assert name in stderr
+    assert len([p for p in out.rglob("*") if p.is_file()]) == 4
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["batch", str(tmp_path / "missing"), "-m", "gamma"], capsys)[0] == 2
+    assert _run(["batch", str(tmp_path), "-m", "gamma"], capsys)[0] == 2  # no images
+    _dark(tmp_path / "a.png")
+    assert _run(["batch", str(tmp_path), "-m", "gamma", "--suffix", ""], capsys)[0] == 2
+    assert _run(["batch", str(tmp_path), "-m", "gamma", "--upscale"], capsys)[0] == 2
+
+
+def _outputs_and_strays(out: Path) -> tuple[list[Path], list[Path]]:
+    files = [p for p in out.rglob("*") if p.is_file()]
+    good = [p for p in files if p.name.endswith("_enhanced.png")]
+    return good, [p for p in files if p not in good]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_batch_leaves_no_partial_files_and_resumes(tmp_path: Path, sig: int) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(12):
+        _dark(src / f"img{i:02d}.png", (48, 40), seed=i)
+    cmd = [sys.executable, "-m", "lowlight_cli", "batch", str(src), "-o", str(out), "-m", "gamma"]
+    env = {**os.environ, "LOWLIGHT_TEST_DELAY": "0.3"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and _outputs_and_strays(out)[0]:
+            break  # the first outputs are there: interrupt mid-run
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    done, strays = _outputs_and_strays(out)
+    assert strays == []  # no temp or partial files
+    assert 1 <= len(done) < 12
+    for path in done:  # every output present is a complete image
+        with Image.open(path) as image:
+            image.load()
+            assert image.size == (48, 40)
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    rerun = subprocess.run([*cmd, "--json"], capture_output=True, check=False, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    summary = json.loads(rerun.stdout)["summary"]
+    assert summary["skipped"] == len(done) and summary["ok"] == 12 - len(done)
+    assert stamps == {p: p.stat().st_mtime_ns for p in done}  # finished files untouched
+    assert len(_outputs_and_strays(out)[0]) == 12 and _outputs_and_strays(out)[1] == []
