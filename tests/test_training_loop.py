@@ -363,3 +363,46 @@ def test_frlie_stage2_trains_frnet_only(tmp_path: Path, small_pairs: Path, fake_
     )
     losses = [r["loss"] for r in result.history if r["kind"] == "train"]
     assert losses[-1] < losses[0]
+
+
+_DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from test_training_loop import TinyEnhancer, _recipe
+from lowlight_cli.training.loop import TrainConfig, train
+torch.manual_seed(0)
+model = TinyEnhancer()
+out = Path({out!r})
+cfg = TrainConfig(model="tiny", dataset="pairs", data=Path({data!r}), val=None,
+                  recipe=_recipe(iterations=6, batch_size=4, val_every=3), out=out,
+                  device="cpu", seed=3, workers=1)
+train(cfg, model=model)
+if os.environ.get("RANK", "0") == "0":
+    torch.save(model.state_dict(), out / "final.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
+    """torchrun with 2 CPU (gloo) processes: averaged gradients equal the single-process ones."""
+    import subprocess
+    import sys
+
+    single = _model()
+    recipe = _recipe(iterations=6, batch_size=4, val_every=3)
+    train(_cfg(tmp_path, pairs_dir, None, "ws1", recipe=recipe), model=single)
+    out = tmp_path / "ws2"
+    script = tmp_path / "run.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(_DDP_SCRIPT.format(tests=tests, out=str(out), data=str(pairs_dir)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", str(script)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = torch.load(out / "final.pt")
+    for key, value in single.state_dict().items():
+        # Same arithmetic in another order: equal up to float rounding.
+        assert torch.allclose(value, two[key], atol=1e-6), key
+    assert (tmp_path / "ws2" / "metrics.jsonl").read_text().count("\n") > 0  # rank 0 logged
