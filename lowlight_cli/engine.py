@@ -36,10 +36,18 @@ MAX_AUTO_TILE = 2048
 # Share of the available memory the model's activations may use in --tile auto. On the CPU the
 # budget is also capped, so a 24-megapixel photo stays under ~3 GB peak RSS in total.
 MEMORY_FRACTION = {"cuda": 0.6, "mps": 0.3, "cpu": 0.25}
-CPU_MEMORY_CAP = 1536 * 1024**2
+CPU_MEMORY_CAP = 1024**3
 # Peak bytes per input pixel of one fp32 forward pass (activations, allocator slack), measured
-# with docs/scripts/measure_memory.py on the CPU; unknown models get the conservative default.
-BYTES_PER_PIXEL: dict[str, int] = {"gamma": 64, "clahe": 64}
+# with docs/scripts/measure_memory.py on the CPU (NCHW and channels_last, the larger, rounded
+# up); unknown models get the conservative default.
+BYTES_PER_PIXEL: dict[str, int] = {
+    "symnet": 3600,
+    "nrl": 1500,
+    "frlie": 1300,
+    "neid": 700,
+    "gamma": 64,
+    "clahe": 64,
+}
 DEFAULT_BYTES_PER_PIXEL = 4096
 
 ProgressCallback = Callable[[int, int], None]

@@ -18,8 +18,8 @@ class TorchBackend(Backend):
         device: resolved device (see :func:`lowlight_cli.devices.resolve_device`).
         dtype: compute dtype (see :func:`lowlight_cli.devices.resolve_precision`).
         scale: output size / input size of ``module``.
-        channels_last: use the NHWC memory format; None picks it on CUDA only (on this CPU it
-            was measured slower, see ``docs/usage.md``).
+        channels_last: use the NHWC memory format; None picks it on CUDA only (on the CPU it
+            measured no faster, see ``docs/usage.md``).
     """
 
     name = "torch"
