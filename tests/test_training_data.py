@@ -180,13 +180,21 @@ def test_schedule_converts_epochs_and_scales_milestones() -> None:
     assert short.total_steps == 1000 and short.milestones == (400, 800)
     assert short.lr_at(399) == pytest.approx(2e-4) and short.lr_at(400) == pytest.approx(1e-4)
     assert short.lr_at(999) == pytest.approx(5e-5)
-    nrl = NRLRecipe().resolve(210)
-    assert nrl.steps_per_epoch == 2  # 1/6 of 210 patches at batch 32
+    nrl = NRLRecipe().resolve(2520)  # LOL's 210 images hold 12 patches of 128 each
+    assert nrl.steps_per_epoch == 14  # 1/6 of the patches at batch 32
     assert len(nrl.milestones) == 19 and nrl.lr_at(nrl.total_steps - 1) == pytest.approx(
         5e-4 * 0.95**19
     )
     with pytest.raises(UsageError):
         symnet.resolve(210, steps=10, epochs=2)
+
+
+def test_training_set_counts_images_or_patches() -> None:
+    ds = _paired_set(n=3, h=30, w=50)
+    assert ds.count("images", 16) == 3
+    assert ds.count("patches", 16) == 3 * 1 * 3
+    with pytest.raises(UsageError):
+        ds.count("bogus", 16)
 
 
 def test_recipes_follow_the_papers() -> None:

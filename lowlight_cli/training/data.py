@@ -353,6 +353,17 @@ class TrainingSet:
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def shapes(self) -> list[tuple[int, ...]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def count(self, unit: str, patch: int) -> int:
+        """Size of the set in ``images`` or in non-overlapping ``patches`` of side ``patch``."""
+        if unit == "images":
+            return len(self)
+        if unit == "patches":
+            return max(1, sum((s[0] // patch) * (s[1] // patch) for s in self.shapes()))
+        raise UsageError(f"unknown epoch unit '{unit}'", hint="images or patches")
+
     def sample(
         self, seed: int, step: int, batch_size: int, aug: Augment, *, rank: int = 0, world: int = 1
     ) -> Batch:
@@ -387,6 +398,9 @@ class PairedTrainingSet(TrainingSet):
     def __len__(self) -> int:
         return len(self.images)
 
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [a.shape for a in self.images.high]
+
     def _sample_one(
         self, i: int, rng: np.random.Generator, aug: Augment
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -410,6 +424,9 @@ class SyntheticTrainingSet(TrainingSet):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [a.shape for a in self.images]
 
     def _sample_one(
         self, i: int, rng: np.random.Generator, aug: Augment

@@ -696,7 +696,8 @@ def train(
             **{**ckpt["schedule"], "milestones": tuple(ckpt["schedule"]["milestones"])}
         )
     else:
-        schedule = recipe.resolve(len(data.train), steps=cfg.steps, epochs=cfg.epochs)
+        size = data.train.count(recipe.epoch_unit, recipe.patch)
+        schedule = recipe.resolve(size, steps=cfg.steps, epochs=cfg.epochs)
     if recipe.batch_size < dist.world:
         raise UsageError(
             f"batch size {recipe.batch_size} is smaller than the {dist.world} processes"
@@ -930,14 +931,20 @@ def _spec_kwargs(name: str) -> dict[str, Any]:
 
 
 def _load_init(task: Task, path: Path) -> str:
-    """Load starting weights (a checkpoint or a safetensors/pth state dict), non-strictly."""
+    """Load starting weights non-strictly: a ``.pt`` checkpoint, a ``.safetensors`` file, or
+    (frlie) the authors' stage-1 ``weights_reconstruct.pth``."""
     path = Path(path)
+    if path.suffix == ".pth" and task.recipe.model == "frlie":
+        from lowlight_cli.models.frlie import load_authors_stage1
+
+        load_authors_stage1(task.model, path)
+        return str(path)
     if path.suffix == ".pt":
         state = load_checkpoint(path)["model_state"]
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from lowlight_cli.weights import read_state_dict
 
-        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        state = read_state_dict(path)
     else:
         raise UsageError(f"cannot start from {path}", hint="give a .pt checkpoint or .safetensors")
     _missing, unexpected = task.model.load_state_dict(state, strict=False)

@@ -56,6 +56,9 @@ class Recipe:
         epochs: length in epochs (None: ``iterations`` is the unit).
         iterations: length in optimiser steps when the paper counts iterations.
         epoch_fraction: share of the training set one epoch visits (nrl: 1/6).
+        epoch_unit: what the training set is counted in for epochs: ``images`` (one sample
+            per image per epoch) or ``patches`` (non-overlapping patch positions, for a paper
+            whose data set is a set of patches, as nrl's DPED).
         milestones: learning-rate milestones in the recipe's unit (epochs or iterations).
         gamma: factor at each milestone.
         milestone_every: a milestone every this many units (nrl: every 5 epochs), added to
@@ -80,6 +83,7 @@ class Recipe:
     epochs: float | None = 100
     iterations: int | None = None
     epoch_fraction: float = 1.0
+    epoch_unit: str = "images"
     milestones: tuple[float, ...] = ()
     gamma: float = 0.5
     milestone_every: float | None = None
@@ -131,7 +135,8 @@ class Recipe:
         """Turn the recipe into steps for ``num_train`` training samples.
 
         Args:
-            num_train: images (pairs) in the training set.
+            num_train: size of the training set in the recipe's ``epoch_unit`` (images, or
+                non-overlapping patches: :meth:`TrainingSet.count`).
             steps: total steps requested by the user (milestones scale proportionally).
             epochs: total epochs requested by the user (iteration recipes: iterations);
                 milestones scale to the new length too, keeping the schedule's shape.
@@ -214,6 +219,9 @@ class SymNetRecipe(Recipe):
 class NRLRecipe(Recipe):
     """Hu & Huang: Adam 5e-4, batch 32, x0.95 every 5 epochs, 100 epochs of 1/6 of the patches.
 
+    DPED, the paper's data, is a set of patches, so an epoch here is 1/6 of the training set's
+    non-overlapping 128 px patch positions (LOL: 210 x 12 = 2520 patches -> 14 steps).
+
     Not in the paper (our choices, documented in docs/training.md): 128 px patches; the term
     weights ``MSE + 1e-4 DPL + 1e-3 adversarial`` (those of ``training/losses.py``: 1e-4 makes
     the Caffe-scale VGG's DPL comparable to the MSE, 1e-3 is SRGAN's adversarial weight); the
@@ -224,6 +232,7 @@ class NRLRecipe(Recipe):
     model: str = "nrl"
     epochs: float | None = 100
     epoch_fraction: float = 1 / 6
+    epoch_unit: str = "patches"
     milestone_every: float | None = 5
     gamma: float = 0.95
     lr: float = 5e-4
