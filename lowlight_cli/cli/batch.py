@@ -235,7 +235,9 @@ def _run(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lowlight-io")
     try:
         for index, (src, dest) in enumerate(todo):
-            while next_read < len(todo) and next_read <= index + workers:  # bounded look-ahead
+            # Read one photo ahead: decoding overlaps the model, and at most two decoded photos
+            # (hundreds of MB each at 24 MP) are held at once.
+            while next_read < len(todo) and next_read <= index + 1:
                 reads.append(pool.submit(read_image, todo[next_read][0]))
                 next_read += 1
             began = time.perf_counter()
