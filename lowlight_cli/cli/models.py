@@ -38,7 +38,17 @@ def models(
     from rich.table import Table
 
     table = Table(title="lowlight models")
-    for col in ("model", "kind", "params", "multiple", "tiling", "fp16", "bf16", "scale", "weights"):
+    for col in (
+        "model",
+        "kind",
+        "params",
+        "multiple",
+        "tiling",
+        "fp16",
+        "bf16",
+        "scale",
+        "weights",
+    ):
         table.add_column(col)
     for r in rows:
         table.add_row(
