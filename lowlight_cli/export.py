@@ -387,18 +387,26 @@ def export_model(
     return ExportInfo(path, spec.name, read_metadata(data), total, parity)
 
 
-def weights_sha256(spec: ModelSpec, weights: str | Path | None, model: nn.Module) -> str:
-    """sha256 of the weights file behind ``weights`` (classical models: of their state)."""
-    if spec.kind != "neural":
+def weights_sha256(
+    spec: ModelSpec, weights: str | Path | None, model: nn.Module | None = None
+) -> str:
+    """sha256 of the weights file behind ``weights`` (None: the spec's default).
+
+    Classical models (and neural ones without any weights reference) are hashed by the state of
+    ``model``, which is then required.
+
+    Raises:
+        WeightsError: the weights cannot be resolved.
+    """
+    ref = weights if weights is not None else spec.default_weights
+    if spec.kind != "neural" or ref is None:
+        if model is None:
+            raise ValueError("weights_sha256 needs the model when there is no weights file")
         return state_sha256(model)
     from lowlight_cli.weights import file_sha256, resolve_weights
 
-    ref = weights if weights is not None else spec.default_weights
-    if ref is None:
-        return state_sha256(model)
-    ref = str(ref) if not isinstance(ref, Path) else ref
-    if isinstance(ref, str) and "." not in ref and "/" not in ref:
-        ref = f"{spec.name}.{ref}"
+    if isinstance(ref, str) and "." not in ref and not Path(ref).is_file():
+        ref = f"{spec.name}.{ref}"  # a bare tag, as load_state_dict reads it
     return file_sha256(resolve_weights(ref))
 
 
