@@ -147,6 +147,7 @@ def batch(
             todo.append((src, dest))
 
     started = time.perf_counter()
+    runtime: dict[str, str | None] = {}
     if todo:
         enhancer = build_enhancer(
             model=model,
@@ -159,6 +160,12 @@ def batch(
             strength=strength,
             upscale=upscale,
         )
+        # Which backend/device/execution provider really ran (onnx may fall back to CPU).
+        runtime = {
+            "backend": enhancer.backend.name,
+            "device": enhancer.backend.device,
+            "provider": getattr(enhancer.backend, "provider", None),
+        }
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
         try:
@@ -175,7 +182,13 @@ def batch(
             )
         finally:
             signal.signal(signal.SIGTERM, previous)
-    _report(results, model=model, seconds=time.perf_counter() - started, as_json=as_json)
+    _report(
+        results,
+        model=model,
+        seconds=time.perf_counter() - started,
+        as_json=as_json,
+        runtime=runtime,
+    )
 
 
 def _run(
@@ -275,7 +288,14 @@ def _run(
     return results
 
 
-def _report(results: list[FileResult], *, model: str, seconds: float, as_json: bool) -> None:
+def _report(
+    results: list[FileResult],
+    *,
+    model: str,
+    seconds: float,
+    as_json: bool,
+    runtime: dict[str, str | None] | None = None,
+) -> None:
     from lowlight_cli.cli._common import err_console, print_json
 
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
@@ -284,6 +304,7 @@ def _report(results: list[FileResult], *, model: str, seconds: float, as_json: b
         print_json(
             {
                 "model": model,
+                **(runtime or {}),
                 "summary": {**counts, "total": len(results), "seconds": round(seconds, 3)},
                 "files": [asdict(r) for r in sorted(results, key=lambda r: r.input)],
             }

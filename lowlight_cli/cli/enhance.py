@@ -261,6 +261,10 @@ def enhance(
             "input": "-" if src == "-" else str(Path(src)),
             "output": "-" if written is None else str(written),
             "model": enhancer.spec.name,
+            # Which backend/device/execution provider really ran (onnx may fall back to CPU).
+            "backend": enhancer.backend.name,
+            "device": enhancer.backend.device,
+            "provider": getattr(enhancer.backend, "provider", None),
             "size": [photo.width, photo.height],
             "output_size": [int(pixels.shape[1]), int(pixels.shape[0])],
             "seconds": round(seconds, 3),
