@@ -37,7 +37,8 @@ def test_hue_distance_wraps_around_the_circle():
     near = circular_hue_distance(red_lo, red_hi).item()
     far = circular_hue_distance(red_lo, cyan).item()
     assert abs(near - 10 / 180) < 1e-3  # 10 degrees apart across 0, not 350
-    assert abs(far - 1.0) < 1e-3  # opposite hues: the maximum
+    # Opposite hues: the maximum (up to the HSV guard, which damps hue by chroma/(chroma+eps)).
+    assert abs(far - 1.0) < 1e-2
 
 
 def test_stage2_weights_and_terms():
@@ -83,7 +84,7 @@ def test_neid_color_loss_sees_colour_not_brightness():
     gt = _images(9)
     assert neid_color_loss(gt, gt).abs() < 1e-6
     # Scaling brightness keeps hue and saturation: no colour penalty.
-    assert neid_color_loss(gt * 0.5, gt).abs() < 1e-5
+    assert neid_color_loss(gt * 0.5, gt).abs() < 1e-4
     # Swapping channels changes hue: penalised.
     assert neid_color_loss(gt[:, [2, 0, 1]], gt) > 1e-3
 
@@ -94,3 +95,16 @@ def test_neid_loss_backpropagates_to_both_branches():
     total.backward()
     assert le.grad.abs().sum() > 0 and dr.grad.abs().sum() > 0
     assert torch.isfinite(le.grad).all()
+
+
+def test_neid_colour_term_cannot_swamp_the_pixel_loss_on_a_black_prediction():
+    # An untrained network outputs near-black images; there the colour term's gradient used to
+    # be ~1e4 times the Huber term's and training stalled with LE stuck at black.
+    target = _images(13) * 0.5 + 0.3
+    le = (torch.rand_like(target) * 1e-3).requires_grad_(True)
+    total, _ = neid_loss(le, torch.zeros_like(target), target)
+    total.backward()
+    huber_only = le.detach().clone().requires_grad_(True)
+    torch.nn.functional.huber_loss(huber_only, target, delta=0.1).backward()
+    assert torch.isfinite(le.grad).all()
+    assert le.grad.norm() < 2 * huber_only.grad.norm()

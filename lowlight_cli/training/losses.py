@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from lowlight_cli.errors import UsageError
 from lowlight_cli.metrics import rgb_to_hsv, ssim
 
+# HSV is singular at black (saturation = chroma / value) and grey (hue = ... / chroma) pixels:
+# with a tiny guard, a dark or grey prediction (every untrained network's output) gets colour-
+# loss gradients of order 1/eps that swamp the pixel loss and stall training (seen: neid's LE
+# branch stuck at black). The colour losses therefore use a guard of about 2.5/255 and score the
+# prediction clamped to the displayable range, where hue and saturation mean something.
+HSV_LOSS_EPS = 1e-2
+
 if TYPE_CHECKING:  # pragma: no cover
     from lowlight_cli.models.symnet import SymNet
 
@@ -165,7 +172,9 @@ def circular_hue_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     Returns:
         ``(B, H, W)``.
     """
-    diff = (rgb_to_hsv(pred)[:, 0] - rgb_to_hsv(target)[:, 0]).abs()  # in turns, [0, 1)
+    hue_p = rgb_to_hsv(pred.clamp(0.0, 1.0), eps=HSV_LOSS_EPS)[:, 0]
+    hue_t = rgb_to_hsv(target, eps=HSV_LOSS_EPS)[:, 0]
+    diff = (hue_p - hue_t).abs()  # in turns, [0, 1)
     return 2.0 * torch.minimum(diff, 1.0 - diff)
 
 
@@ -209,6 +218,20 @@ NEID_W_MSE = 0.1  # lambda_1
 NEID_W_COLOR = 0.1  # lambda_2
 
 
+def _guarded_cosine(pred: torch.Tensor, target: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """Cosine similarity of ``(B, N)`` vectors whose norms are floored at ``floor`` RMS.
+
+    The floor only acts on vectors with root-mean-square below ``floor`` (a near-black or grey
+    prediction), where a plain cosine's gradient grows like ``1 / |pred|``; above it the value is
+    the exact cosine.
+    """
+    n = pred.shape[1]
+    floor_norm = floor * n**0.5
+    norm_p = pred.norm(dim=1).clamp_min(floor_norm)
+    norm_t = target.norm(dim=1).clamp_min(floor_norm)
+    return (pred * target).sum(dim=1) / (norm_p * norm_t)
+
+
 def neid_color_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Colour loss, eqs. 4-6: ``(1 - cos(H_p, H_gt)) + (1 - cos(S_p, S_gt))``.
 
@@ -219,10 +242,10 @@ def neid_color_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred: ``(B, 3, H, W)`` RGB.
         target: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
     """
-    hsv_p = rgb_to_hsv(pred).flatten(2)
-    hsv_t = rgb_to_hsv(target).flatten(2)
-    cos_h = F.cosine_similarity(hsv_p[:, 0], hsv_t[:, 0], dim=1, eps=1e-8)
-    cos_s = F.cosine_similarity(hsv_p[:, 1], hsv_t[:, 1], dim=1, eps=1e-8)
+    hsv_p = rgb_to_hsv(pred.clamp(0.0, 1.0), eps=HSV_LOSS_EPS).flatten(2)
+    hsv_t = rgb_to_hsv(target, eps=HSV_LOSS_EPS).flatten(2)
+    cos_h = _guarded_cosine(hsv_p[:, 0], hsv_t[:, 0])
+    cos_s = _guarded_cosine(hsv_p[:, 1], hsv_t[:, 1])
     return ((1.0 - cos_h) + (1.0 - cos_s)).mean()
 
 
@@ -251,5 +274,11 @@ def neid_loss(
     huber = F.huber_loss(le, target, delta=huber_delta)
     mse = F.mse_loss(dr, target)
     color = neid_color_loss(le, target)
-    total = huber + w_mse * mse + w_color * color
+    # Hue and saturation are undefined at black, and a cosine is blind to brightness: on the
+    # near-black output of an untrained network the colour term's gradient is ~1e4 times the
+    # Huber term's and Adam follows it, leaving LE dark (seen in training). The term is
+    # therefore weighted by how far the prediction's brightness has come towards the target's
+    # (squared, no gradient): 0 at black, the paper's full 0.1 once brightness matches.
+    reached = (le.detach().mean() / target.mean().clamp_min(1e-3)).clamp(0.0, 1.0) ** 2
+    total = huber + w_mse * mse + w_color * reached * color
     return total, {"huber": huber, "mse": mse, "color": color}
