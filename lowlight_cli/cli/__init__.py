@@ -50,7 +50,7 @@ def _root(
 app.command("enhance")(enhance.enhance)
 app.command("batch")(batch.batch)
 app.command("train")(train.train)
-app.command("benchmark")(benchmark.benchmark)
+app.command("benchmark", cls=benchmark.BenchmarkCommand)(benchmark.benchmark)
 app.command("export")(export.export)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")
