@@ -210,3 +210,16 @@ def test_export_command_writes_checks_and_reports(tmp_path, capsys) -> None:
     assert code == 3 and "--overwrite" in err  # refuses to overwrite
     code, _, err = run_cli(["export", "--model", "clahe", "-o", str(tmp_path / "c.onnx")], capsys)
     assert code == 2 and "cannot be exported" in err
+
+
+def test_fp16_export_is_a_half_graph_close_to_fp32_torch() -> None:
+    import onnx
+
+    spec = get_spec("neid")
+    model = small_model("neid")
+    data, _ = ex.export_onnx(model, spec, precision="fp16")
+    proto = onnx.load_from_string(data)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert ex.read_metadata(data)["precision"] == "fp16"
+    results = ex.check_parity(model, spec, data, sizes=((61, 45),), precision="fp16")
+    assert 0 < results[0].max_abs_diff <= ex.TOLERANCE["fp16"]
