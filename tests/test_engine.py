@@ -92,7 +92,11 @@ def test_tiles_with_context_match_whole_image_and_beat_naive_tiles() -> None:
 
 # Smaller variants of the heaviest architectures keep this file fast; the code paths (pooling,
 # padding, size multiples) are the same as with the default kwargs.
-_SMALL_KWARGS: dict[str, dict] = {"symnet": {"num_blocks": 2, "rounds": 1}, "nrl": {"steps": 2}}
+_SMALL_KWARGS: dict[str, dict] = {
+    "symnet": {"num_blocks": 2, "rounds": 1},
+    "nrl": {"steps": 2},
+    "frlie": {"num_blocks": 1},
+}
 
 
 def _registry_model(name: str, **overrides) -> nn.Module:
