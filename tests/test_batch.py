@@ -146,9 +146,11 @@ def test_interrupted_batch_leaves_no_partial_files_and_resumes(tmp_path: Path, s
     for i in range(12):
         _dark(src / f"img{i:02d}.png", (48, 40), seed=i)
     cmd = [sys.executable, "-m", "lowlight_cli", "batch", str(src), "-o", str(out), "-m", "gamma"]
-    env = {**os.environ, "LOWLIGHT_TEST_DELAY": "0.3"}
+    # A 1 s pause per file keeps the run going long enough to be interrupted mid-way even
+    # when a loaded machine starves this polling loop.
+    env = {**os.environ, "LOWLIGHT_TEST_DELAY": "1.0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and _outputs_and_strays(out)[0]:
             break  # the first outputs are there: interrupt mid-run
