@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,35 @@ def test_env_vars_supply_defaults(cli, tmp_path: Path, monkeypatch: pytest.Monke
     assert json.loads(result.stdout)["files"][0]["model"] == "gamma"
     monkeypatch.setenv("LOWLIGHT_BACKEND", "nonsense")
     assert cli(["enhance", str(src), "--overwrite"]).exit_code == 2
+
+
+@pytest.mark.parametrize("model", ["neid", "frlie", "nrl"])
+def test_fresh_install_enhances_offline_with_bundled_weights(tmp_path: Path, model: str) -> None:
+    """What a user gets right after install: no cache, no network, the shipped weights."""
+    from lowlight_cli.registry import get_spec
+    from lowlight_cli.weights import load_manifest
+
+    entry = load_manifest().get(get_spec(model).default_weights)
+    if entry.source != "bundled":
+        pytest.skip(f"{model}'s default weights are not bundled in this build")
+    rng = np.random.default_rng(3)
+    dark = (rng.random((48, 64, 3)) * 40 + 5).astype(np.uint8)  # a dim photo, mean ~25/255
+    src = tmp_path / "dark.png"
+    Image.fromarray(dark).save(src)
+    env = {
+        **os.environ,
+        "LOWLIGHT_OFFLINE": "1",
+        "LOWLIGHT_CACHE_DIR": str(tmp_path / "empty-cache"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowlight_cli", "enhance", str(src), "--model", model],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = np.asarray(Image.open(tmp_path / "dark_enhanced.png"))
+    assert out.shape == dark.shape
+    assert out.mean() > dark.mean() + 30  # the trained weights really brighten
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
