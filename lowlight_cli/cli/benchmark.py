@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -216,7 +215,7 @@ class BenchmarkCommand(TyperCommand):
     both spellings work. Click has no public optional-value option, hence the argument rewrite.
     """
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         fixed: list[str] = []
         for i, arg in enumerate(args):
             fixed.append(arg)
