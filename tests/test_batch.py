@@ -149,7 +149,16 @@ def test_interrupted_batch_leaves_no_partial_files_and_resumes(tmp_path: Path, s
     # A 1 s pause per file keeps the run going long enough to be interrupted mid-way even
     # when a loaded machine starves this polling loop.
     env = {**os.environ, "LOWLIGHT_TEST_DELAY": "1.0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Start the child as a terminal would: a shell running pytest in the background (as CI
+    # runners and `cmd &` do) ignores SIGINT, the child inherits SIG_IGN and Python then (rightly)
+    # keeps ignoring Ctrl-C. Reset it so the test exercises the handler a user's Ctrl-C reaches.
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and _outputs_and_strays(out)[0]:
