@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lowlight_cli.constants import DEFAULT_BENCHMARK_BUDGET_S
 from lowlight_cli.errors import LowlightError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ DEFAULT_REPEATS = {"cpu": 3, "gpu": 10}
 DEFAULT_WARMUP = {"cpu": 1, "gpu": 3}
 # Seconds one configuration may take (warm-up + timed runs); after that it stops timing, and a
 # configuration predicted to exceed it is skipped with its estimate instead of run.
-DEFAULT_CONFIG_BUDGET_S = 60.0
+DEFAULT_CONFIG_BUDGET_S = DEFAULT_BENCHMARK_BUDGET_S
 # A worker that has not answered after budget * this + startup is killed (a hard stop).
 _HARD_TIMEOUT_FACTOR = 3.0
 _WORKER_STARTUP_S = 60.0

@@ -29,6 +29,8 @@ DEFAULT_SUFFIX = "_enhanced"
 DEFAULT_STDOUT_FORMAT = "png"
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_TILE_OVERLAP = 32
+# Seconds one benchmark speed configuration may take (`lowlight benchmark --budget`).
+DEFAULT_BENCHMARK_BUDGET_S = 60.0
 
 # Decompression-bomb guard: refuse images above this many pixels (about 16k x 16k).
 MAX_IMAGE_PIXELS = 268_435_456

@@ -17,8 +17,14 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
-from lowlight_cli.benchmarking import DEFAULT_CONFIG_BUDGET_S
-from lowlight_cli.constants import BACKENDS, ENV_BACKEND, ENV_DEVICE, ENV_PRECISION, PRECISIONS
+from lowlight_cli.constants import (
+    BACKENDS,
+    DEFAULT_BENCHMARK_BUDGET_S,
+    ENV_BACKEND,
+    ENV_DEVICE,
+    ENV_PRECISION,
+    PRECISIONS,
+)
 from lowlight_cli.errors import BatchFailedError, LowlightError, UsageError
 
 
@@ -263,7 +269,7 @@ def benchmark(
         None, "--warmup", min=0, help="Speed: warm-up runs per config [default: 1 CPU, 3 GPU]."
     ),
     budget: float = typer.Option(
-        DEFAULT_CONFIG_BUDGET_S,
+        DEFAULT_BENCHMARK_BUDGET_S,
         "--budget",
         min=1.0,
         help="Speed: seconds one config may take; slower ones stop early or are skipped.",
