@@ -597,9 +597,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+QUALITY_COLUMNS = ("model", "PSNR (dB)", "SSIM", "images", "note")
+
+
 def quality_table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Quality rows as text cells: model, PSNR, SSIM, images."""
-    return [[r["model"], _fmt(r["psnr"], 2), _fmt(r["ssim"], 4), str(r["n_images"])] for r in rows]
+    """Quality rows as text cells in the order of :data:`QUALITY_COLUMNS`."""
+    return [
+        [r["model"], _fmt(r["psnr"], 2), _fmt(r["ssim"], 4), str(r["n_images"]), r.get("note", "")]
+        for r in rows
+    ]
 
 
 UNTRAINED_NOTE = "model* = timed with untrained weights (speed does not depend on their values)"
@@ -655,9 +661,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += [
             "## Quality (mean over pairs)",
             "",
-            _md_table(
-                ("model", "PSNR (dB)", "SSIM", "images"), quality_table_rows(report["quality"])
-            ),
+            _md_table(QUALITY_COLUMNS, quality_table_rows(report["quality"])),
             "",
         ]
     if report.get("speed") is not None:
@@ -698,7 +702,7 @@ def plot_points(report: dict[str, Any]) -> list[dict[str, Any]]:
     with like; when there is no such size, each uses its own largest (named in the label).
     Models with no quality row or no timing are left out.
     """
-    psnr = {r["model"]: r["psnr"] for r in report.get("quality") or []}
+    psnr = {r["model"]: r["psnr"] for r in report.get("quality") or [] if r["psnr"] is not None}
     timed = [r for r in report.get("speed") or [] if r["model"] in psnr and r.get("mp_per_s")]
     if not timed:
         return []

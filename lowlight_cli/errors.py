@@ -42,6 +42,10 @@ class WeightsError(LowlightError):
     exit_code = ExitCode.WEIGHTS
 
 
+class NoDefaultWeightsError(WeightsError):
+    """A model asked for without ``--weights`` has no default weights in the manifest."""
+
+
 class ResourceError(LowlightError):
     """Out of memory, or a precision/device the model or machine cannot do."""
 

@@ -398,12 +398,15 @@ def weights_sha256(
     Raises:
         WeightsError: the weights cannot be resolved.
     """
-    ref = weights if weights is not None else spec.default_weights
+    from lowlight_cli.weights import default_weights_id, file_sha256, resolve_weights
+
+    ref = weights
+    if ref is None and spec.kind == "neural" and spec.default_weights is not None:
+        ref = default_weights_id(spec)
     if spec.kind != "neural" or ref is None:
         if model is None:
             raise ValueError("weights_sha256 needs the model when there is no weights file")
         return state_sha256(model)
-    from lowlight_cli.weights import file_sha256, resolve_weights
 
     if isinstance(ref, str) and "." not in ref and not Path(ref).is_file():
         ref = f"{spec.name}.{ref}"  # a bare tag, as load_state_dict reads it

@@ -173,7 +173,6 @@ def load_model(
     spec = get_spec(name)
     model = spec.build(**overrides)
     if spec.kind == "neural":
-        ref = weights if weights is not None else spec.default_weights
-        state = load_state_dict(ref, spec=spec)
+        state = load_state_dict(weights, spec=spec)
         model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -41,7 +41,7 @@ from lowlight_cli.constants import (
     MANIFEST_FILENAME,
     PACKAGE_NAME,
 )
-from lowlight_cli.errors import WeightsError
+from lowlight_cli.errors import NoDefaultWeightsError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests
@@ -1125,6 +1125,34 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
+def default_weights_id(spec: ModelSpec | None) -> str:
+    """The manifest id of ``spec``'s default weights.
+
+    Raises:
+        NoDefaultWeightsError: the model names none, or its id is not in the manifest yet.
+    """
+    if spec is None or spec.default_weights is None:
+        name = spec.name if spec is not None else "this model"
+        raise NoDefaultWeightsError(
+            f"{name} has no default weights", hint="pass --weights ID or --weights PATH"
+        )
+    manifest = load_manifest()
+    if spec.default_weights not in manifest.entries:
+        # The registry names the id the default will have (symnet.lol); until such weights
+        # are trained and listed, say so plainly and offer what the manifest does have.
+        others = sorted(k for k in manifest.entries if k.startswith(f"{spec.name}."))
+        raise NoDefaultWeightsError(
+            f"{spec.name} has no default weights yet "
+            f"('{spec.default_weights}' is not in the manifest)",
+            hint=(
+                f"pass --weights with one of: {', '.join(others)}; or a file path"
+                if others
+                else "pass --weights PATH (e.g. the file lowlight train --export writes)"
+            ),
+        )
+    return spec.default_weights
+
+
 def load_state_dict(ref: str | Path | None, *, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Float32 state dict for a model.
 
@@ -1140,12 +1168,7 @@ def load_state_dict(ref: str | Path | None, *, spec: ModelSpec | None = None) ->
         WeightsError: no default weights, weights of another model, missing, corrupt.
     """
     if ref is None:
-        if spec is None or spec.default_weights is None:
-            name = spec.name if spec is not None else "this model"
-            raise WeightsError(
-                f"{name} has no default weights", hint="pass --weights ID or --weights PATH"
-            )
-        ref = spec.default_weights
+        ref = default_weights_id(spec)
     if not _looks_like_path(ref):
         ref = str(ref)
         if "." not in ref and spec is not None:

@@ -148,6 +148,36 @@ def test_benchmark_reports_models_it_cannot_load(tmp_path: Path) -> None:
     assert [r["model"] for r in json.loads(result.stdout)["quality"]] == ["gamma"]
 
 
+def test_benchmark_of_all_models_skips_one_without_default_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --models a model not trained yet is a skipped row; named, it is a failure."""
+    from lowlight_cli.cli import app, benchmark
+    from lowlight_cli.errors import NoDefaultWeightsError
+    from lowlight_cli.registry import load_model
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"schema_version": 1, "weights": {}}))
+    monkeypatch.setenv("LOWLIGHT_MANIFEST", str(manifest))
+    monkeypatch.setattr(benchmark, "DEFAULT_MODELS", "gamma,nrl")
+    with pytest.raises(NoDefaultWeightsError, match="nrl has no default weights yet"):
+        load_model("nrl")
+
+    data = _lol_folder(tmp_path / "lol")
+    args = ["benchmark", "--quality-only", "--data", str(data), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    gamma, nrl = report["quality"]
+    assert gamma["model"] == "gamma" and gamma["n_images"] == 2 and gamma["psnr"] > 0
+    assert nrl["model"] == "nrl" and nrl["psnr"] is None and nrl["n_images"] == 0
+    assert nrl["note"].startswith("skipped: nrl has no default weights yet")
+    assert any("quality of nrl skipped" in n for n in report["notes"])
+
+    named = CliRunner().invoke(app, [*args, "--models", "gamma,nrl"])
+    assert isinstance(named.exception, BatchFailedError), named.output
+
+
 @pytest.mark.shared
 def test_gamma_on_lol_eval15_beats_the_dark_input() -> None:
     from lowlight_cli.engine import Enhancer

@@ -25,7 +25,16 @@ from lowlight_cli.constants import (
     ENV_PRECISION,
     PRECISIONS,
 )
-from lowlight_cli.errors import BatchFailedError, LowlightError, UsageError
+from lowlight_cli.errors import (
+    BatchFailedError,
+    LowlightError,
+    NoDefaultWeightsError,
+    UsageError,
+)
+
+# Without --models every model is benchmarked; one with no trained default weights yet is
+# then reported as skipped (its speed is still timed), not as a failure of the run.
+DEFAULT_MODELS = "gamma,clahe,symnet,nrl,frlie,neid"
 
 
 @dataclass
@@ -49,6 +58,8 @@ class BenchmarkOptions:
     # Filled by the quality section for the gallery: model -> thumbnails, in pair order.
     thumbnails: dict[str, list[Any]] = field(default_factory=dict)
     conv_gflops: dict[str, float] = field(default_factory=dict)
+    # True when --models was given: then a model that cannot be scored is a failure (exit 6).
+    models_named: bool = True
 
 
 def parse_models(text: str) -> list[str]:
@@ -99,6 +110,17 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
             if opts.gallery is not None:
                 fn = _keep_thumbnails(fn, opts.thumbnails.setdefault(model, []))
             result = evaluate_pairs(fn, pairs, name=model)
+        except NoDefaultWeightsError as err:
+            if opts.models_named:
+                failures.append(f"{model}: {err}")
+                print_warning(f"{model}: {err}")
+            else:
+                opts.notes.append(f"quality of {model} skipped: {err}")
+                rows.append(
+                    {"model": model, "psnr": None, "ssim": None, "n_images": 0,
+                     "note": f"skipped: {err.message}"}
+                )  # fmt: skip
+            continue
         except LowlightError as err:
             # One model without weights should not hide the others' scores.
             failures.append(f"{model}: {err}")
@@ -232,8 +254,12 @@ class BenchmarkCommand(TyperCommand):
 
 
 def benchmark(
-    models: str = typer.Option(
-        "gamma,clahe,symnet,nrl,frlie,neid", "--models", help="Comma-separated models."
+    models: str | None = typer.Option(
+        None,
+        "--models",
+        help=f"Comma-separated models [default: all: {DEFAULT_MODELS}; those without "
+        "default weights are skipped in the quality table].",
+        show_default=False,
     ),
     data: Path | None = typer.Option(
         None, "--data", help="Paired folder: LOL layout (uses eval15) or low/ + high/."
@@ -298,7 +324,8 @@ def benchmark(
             "the quality benchmark and the gallery need paired data", hint="pass --data DIR"
         )
     opts = BenchmarkOptions(
-        models=parse_models(models),
+        models=parse_models(models if models is not None else DEFAULT_MODELS),
+        models_named=models is not None,
         data=data,
         weights=parse_weights(weights),
         device=device,
@@ -371,14 +398,19 @@ def _print_tables(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lowlight_cli.benchmarking import SPEED_COLUMNS, quality_table_rows, speed_table_rows
+    from lowlight_cli.benchmarking import (
+        QUALITY_COLUMNS,
+        SPEED_COLUMNS,
+        quality_table_rows,
+        speed_table_rows,
+    )
 
     # Off a terminal rich assumes 80 columns, which folds the speed table beyond reading.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     rows = report.get("quality")
     if rows is not None:
         table = Table(title="quality (mean over pairs)")
-        for col in ("model", "PSNR (dB)", "SSIM", "images"):
+        for col in QUALITY_COLUMNS:
             table.add_column(col)
         for cells in quality_table_rows(rows):
             table.add_row(*cells)
