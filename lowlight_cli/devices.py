@@ -6,7 +6,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from lowlight_cli.constants import PRECISIONS
+from lowlight_cli.constants import ENV_HEAP_TUNING, PRECISIONS
 from lowlight_cli.errors import ResourceError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,6 +122,45 @@ def available_memory(device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return available_ram()
+
+
+# glibc's malloc serves blocks over 32 MB with mmap and unmaps them on free, so every tile's
+# activations come back as fresh pages the kernel must fault in and zero, one 4 kB page at a time:
+# 4.5 M page faults and 11 s of kernel time in a 16 s neid run at 2400x1600. Blocks up to this
+# size are served from (and kept in) the heap instead, so the next tile reuses them.
+CPU_HEAP_KEEP_BYTES = 1 << 30
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+_heap_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed blocks up to 1 GiB instead of returning them to the kernel.
+
+    Called by both backends on the CPU, where the same activation sizes (and the engine's tile
+    buffers) are allocated and freed tile after tile. Measured on neid at 2400x1600 (2 cores,
+    torch): 16.8 s -> 9.3 s; the process keeps what it freed until it exits (peak RSS 1.05 ->
+    1.41 GB there). Applied once per process; a no-op off glibc (macOS, Windows, musl) or with
+    ``LOWLIGHT_HEAP_TUNING=0``.
+
+    Returns:
+        True when glibc accepted the settings.
+    """
+    global _heap_tuned
+    if _heap_tuned is None:
+        _heap_tuned = False
+        if sys.platform.startswith("linux") and os.environ.get(ENV_HEAP_TUNING, "1") != "0":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                _heap_tuned = (
+                    libc.mallopt(_M_MMAP_THRESHOLD, CPU_HEAP_KEEP_BYTES) == 1
+                    and libc.mallopt(_M_TRIM_THRESHOLD, CPU_HEAP_KEEP_BYTES) == 1
+                )
+            except (OSError, AttributeError):  # no glibc: nothing to tune
+                pass
+    return _heap_tuned
 
 
 def available_ram() -> int:

@@ -34,9 +34,14 @@ MIN_TILE = 64
 # only for whole images anyway.
 MAX_AUTO_TILE = 2048
 # Share of the available memory the model's activations may use in --tile auto. On the CPU the
-# budget is also capped, so a 24-megapixel photo stays under ~3 GB peak RSS in total.
+# budget is also capped, so a 24-megapixel photo stays under ~3 GB peak RSS in total: with freed
+# memory kept in the heap (devices.keep_freed_memory), 1 GiB tiles left nrl at 3.7 GB (blocks of
+# one tile's sizes do not fit the next), 512 MiB ones at 2.0 GB and faster (5 m 25 s -> 4 m 33 s).
+# A photo small enough to run whole has small whole-image buffers and no next tile, so it may
+# use up to 1 GiB (a 600x400 symnet pass, 0.86 GB, stays whole instead of 4 overlapping tiles).
 MEMORY_FRACTION = {"cuda": 0.6, "mps": 0.3, "cpu": 0.25}
-CPU_MEMORY_CAP = 1024**3
+CPU_MEMORY_CAP = 512 * 1024**2
+CPU_WHOLE_IMAGE_CAP = 1024**3
 # Peak bytes per input pixel of one fp32 forward pass (activations, allocator slack), measured
 # with docs/scripts/measure_memory.py on the CPU (NCHW and channels_last, the larger, rounded
 # up); unknown models get the conservative default.
@@ -227,18 +232,20 @@ class Enhancer:
         device = self.backend.device
         kind = device.split(":", 1)[0]
         budget = available_memory(_torch_device(device)) * MEMORY_FRACTION.get(kind, 0.25)
+        whole_budget = budget
         if kind == "cpu":
             budget = min(budget, CPU_MEMORY_CAP)
+            whole_budget = min(whole_budget, CPU_WHOLE_IMAGE_CAP)
         per_pixel = BYTES_PER_PIXEL.get(self.spec.name, DEFAULT_BYTES_PER_PIXEL)
         if self.precision in ("fp16", "bf16"):
             per_pixel //= 2
         # The model sees input pixels; an x2 model's activations grow with its output size.
         per_pixel *= self.scale * self.scale
-        pixels = budget / per_pixel
         m = self.spec.size_multiple
         padded = _round_up(height, m) * _round_up(width, m)
-        if padded <= pixels and max(height, width) <= MAX_AUTO_TILE:
+        if padded * per_pixel <= whole_budget and max(height, width) <= MAX_AUTO_TILE:
             return 0
+        pixels = budget / per_pixel
         side = min(math.isqrt(int(pixels)), MAX_AUTO_TILE)
         return max(MIN_TILE, (side // m) * m)
 

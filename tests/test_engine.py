@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,6 +218,21 @@ def test_auto_tile_follows_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine_module.MIN_TILE <= small < big and small % TOY.size_multiple == 0
 
 
+def test_cpu_runs_a_small_photo_whole_but_keeps_tiles_of_a_large_one_small(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 600x400 symnet pass (0.86 GB) stays whole; a 24 MP photo's tiles keep to the tile cap."""
+    monkeypatch.setattr("lowlight_cli.devices.available_memory", lambda device: 64 * 1024**3)
+    spec = get_spec("symnet")
+    enh = Enhancer(_toy(), spec=spec, device="cpu")
+    per_pixel = engine_module.BYTES_PER_PIXEL["symnet"]
+    assert 600 * 400 * per_pixel > engine_module.CPU_MEMORY_CAP  # would be tiled by the tile cap
+    assert enh.auto_tile(400, 600) == 0
+    tile = enh.auto_tile(4000, 6000)
+    assert tile > 0 and tile * tile * per_pixel <= engine_module.CPU_MEMORY_CAP
+    assert tile % spec.size_multiple == 0
+
+
 def test_parse_tile() -> None:
     assert parse_tile("auto") is None and parse_tile("0") == 0 and parse_tile(" 512 ") == 512
     for bad in ("-3", "big", "1.5"):
@@ -272,3 +291,41 @@ def test_classical_models_through_create(name: str) -> None:
     out = enh.enhance(dark)
     assert out.shape == dark.shape
     assert out.mean() > dark.mean() + 0.05  # a dark photo comes out brighter
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from torch import nn
+from lowlight_cli.backends.torch import TorchBackend
+TorchBackend(nn.Conv2d(3, 3, 1), device="cpu")
+def touch():
+    torch.empty(50_000_000, dtype=torch.float32).fill_(1.0)  # 200 MB, freed at once
+touch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the heap tuning is for glibc's malloc",
+)
+def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
+    """A freed 200 MB block is reused by the next tile (no page faults); opt-out restores mmap."""
+
+    def faults(**env: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    pages = 200_000_000 // 4096
+    untuned = faults(LOWLIGHT_HEAP_TUNING="0")
+    tuned = faults()
+    assert untuned > 0.5 * pages  # glibc mmaps the block anew: every page faults again
+    assert tuned < 0.05 * pages, (tuned, untuned)

@@ -219,6 +219,10 @@ class OnnxBackend(Backend):
         used = self.session.get_providers()
         self.provider = used[0] if used else "CPUExecutionProvider"
         self.device = label if self.provider != "CPUExecutionProvider" else "cpu"
+        if self.device == "cpu":
+            from lowlight_cli.devices import keep_freed_memory
+
+            keep_freed_memory()  # the engine's own per-tile buffers, as with the torch backend
         self.scale = scale
         self.graph = graph if isinstance(graph, bytes) else Path(graph)
         meta = read_metadata(graph)

@@ -40,6 +40,10 @@ class TorchBackend(Backend):
         self._channels_last = (
             self._device.type == "cuda" if channels_last is None else bool(channels_last)
         )
+        if self._device.type == "cpu":
+            from lowlight_cli.devices import keep_freed_memory
+
+            keep_freed_memory()
         module = module.to(device=self._device, dtype=dtype).eval()
         if self._channels_last:
             module = module.to(memory_format=torch.channels_last)
