@@ -7,7 +7,7 @@ mean absolute difference within --band pixels of a seam vs elsewhere (outputs be
 Uses the shipped/cached weights when they load, random weights otherwise (says which).
 
     python docs/scripts/measure_tiling.py [--models nrl neid] [--size 2048x1536] [--tile 512]
-        [--photo PATH] [--random] [--json results.json]
+        [--photo PATH] [--random] [--weights symnet=symnet.lol-cpu] [--json results.json]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PHOTO = REPO.parent / "shared/data/photos/exif-samples_42_IndexError_4032x3024.jpg"
 
 
-def _load_module(name: str, random: bool):
+def _load_module(name: str, random: bool, weights: str | None = None):
     import torch
 
     from lowlight_cli.errors import LowlightError
@@ -33,7 +33,7 @@ def _load_module(name: str, random: bool):
         return create_model(name), "none needed"
     if not random:
         try:
-            return load_model(name), "trained"
+            return load_model(name, weights), weights or "trained"
         except LowlightError as err:
             print(f"  {name}: no trained weights ({err.message}); using random weights")
     torch.manual_seed(0)
@@ -75,12 +75,14 @@ def _snr(a: np.ndarray, reference: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(float(reference.var()) / mse)
 
 
-def measure(name: str, image: np.ndarray, tile: int, band: int, random: bool) -> dict:
+def measure(
+    name: str, image: np.ndarray, tile: int, band: int, random: bool, weights: str | None = None
+) -> dict:
     """Whole vs tiled (with and without the context pass) for one model."""
     from lowlight_cli.engine import Enhancer
     from lowlight_cli.registry import get_spec
 
-    module, weights = _load_module(name, random)
+    module, weights = _load_module(name, random, weights)
     spec = get_spec(name)
     runs = {}
     for label, kwargs in (
@@ -130,8 +132,12 @@ def main() -> None:
     parser.add_argument(
         "--random", action="store_true", help="random weights even if trained exist"
     )
+    parser.add_argument(
+        "--weights", action="append", default=[], help="MODEL=ID_OR_PATH (repeatable)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    chosen = dict(item.split("=", 1) for item in args.weights)
     width, height = (int(v) for v in args.size.lower().split("x"))
     pixels = read_image(args.photo).pixels
     image = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
@@ -143,7 +149,7 @@ def main() -> None:
     print(header)
     rows = []
     for name in args.models:
-        r = measure(name, image, args.tile, args.band, args.random)
+        r = measure(name, image, args.tile, args.band, args.random, chosen.get(name))
         rows.append(r)
         print(
             f"{name:7s} {r['weights']:8s} {r['psnr_tiled_vs_whole']:9.2f}  "

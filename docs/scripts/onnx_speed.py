@@ -31,11 +31,14 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def _time_alternating(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per function, runs interleaved; one untimed warm-up each (onnxruntime
-    plans memory and picks kernels on the first run of a shape)."""
-    for fn in fns.values():
-        fn()
+def _time_alternating(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per function, runs interleaved, after ``warmup`` untimed runs each
+    (onnxruntime plans memory and picks kernels on the first run of a shape)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {label: [] for label in fns}
     for _ in range(repeats):
         for label, fn in fns.items():
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="gamma,neid,frlie,nrl,symnet")
     parser.add_argument("--sizes", default="600x400,2400x1600", help="WIDTHxHEIGHT,...")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs first (0 counts a cold first run)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--tile", default="auto", help="engine tile option for both backends")
     parser.add_argument("--json", default=None, help="write the rows to this file")
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, backend in backends.items():
                 enhancer = Enhancer(spec=spec, backend=backend, tile=tile)
                 fns[label] = partial(enhancer.enhance, image)
-            for label, median in _time_alternating(fns, args.repeats).items():
+            for label, median in _time_alternating(fns, args.repeats, args.warmup).items():
                 row[f"{label}_s"] = round(median, 4)
             row["speedup"] = round(row["torch_s"] / row["onnx_s"], 3)
             rows.append(row)
