@@ -59,3 +59,18 @@ def test_unknown_model_is_usage_error() -> None:
         assert "symnet" in str(err)
     else:  # pragma: no cover
         raise AssertionError("no error")
+
+
+def test_option_help_survives_rich_markup() -> None:
+    """Help is rendered as rich markup: text in [brackets] must not silently vanish from it."""
+    import typer.main
+    from rich.text import Text
+
+    from lowlight_cli.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("lowlight", [], resilient_parsing=True)
+    for name in group.list_commands(ctx):
+        for param in group.get_command(ctx, name).params:
+            text = getattr(param, "help", None) or ""
+            assert Text.from_markup(text).plain == text, (name, param.name, text)

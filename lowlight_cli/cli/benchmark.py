@@ -257,8 +257,8 @@ def benchmark(
     models: str | None = typer.Option(
         None,
         "--models",
-        help=f"Comma-separated models [default: all: {DEFAULT_MODELS}; those without "
-        "default weights are skipped in the quality table].",
+        help=f"Comma-separated models (default: all, {DEFAULT_MODELS}; then one without "
+        "default weights is a skipped quality row, not a failure).",
         show_default=False,
     ),
     data: Path | None = typer.Option(
@@ -286,13 +286,13 @@ def benchmark(
     sizes: str | None = typer.Option(
         None,
         "--sizes",
-        help="Speed: WIDTHxHEIGHT list [default: 600x400,2400x1600, plus 4000x3000 on GPUs].",
+        help="Speed: WIDTHxHEIGHT list (default: 600x400,2400x1600, plus 4000x3000 on GPUs).",
     ),
     repeats: int | None = typer.Option(
-        None, "--repeats", min=1, help="Speed: timed runs per config [default: 3 CPU, 10 GPU]."
+        None, "--repeats", min=1, help="Speed: timed runs per config (default: 3 CPU, 10 GPU)."
     ),
     warmup: int | None = typer.Option(
-        None, "--warmup", min=0, help="Speed: warm-up runs per config [default: 1 CPU, 3 GPU]."
+        None, "--warmup", min=0, help="Speed: warm-up runs per config (default: 1 CPU, 3 GPU)."
     ),
     budget: float = typer.Option(
         DEFAULT_BENCHMARK_BUDGET_S,
