@@ -38,7 +38,7 @@ MAX_AUTO_TILE = 2048
 # memory kept in the heap (devices.keep_freed_memory), 1 GiB tiles left nrl at 3.7 GB (blocks of
 # one tile's sizes do not fit the next), 512 MiB ones at 2.0 GB and faster (5 m 25 s -> 4 m 33 s).
 # A photo small enough to run whole has small whole-image buffers and no next tile, so it may
-# use up to 1 GiB (a 600x400 symnet pass, 0.86 GB, stays whole instead of 4 overlapping tiles).
+# use up to 1 GiB (a 600x400 symnet pass, estimated 0.86 GB, stays whole instead of 4 tiles).
 MEMORY_FRACTION = {"cuda": 0.6, "mps": 0.3, "cpu": 0.25}
 CPU_MEMORY_CAP = 512 * 1024**2
 CPU_WHOLE_IMAGE_CAP = 1024**3

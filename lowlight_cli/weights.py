@@ -1125,8 +1125,8 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def default_weights_id(spec: ModelSpec | None) -> str:
-    """The manifest id of ``spec``'s default weights.
+def default_weights_id(spec: ModelSpec | None, manifest: Manifest | None = None) -> str:
+    """The manifest id of ``spec``'s default weights (``manifest``: already read, else read now).
 
     Raises:
         NoDefaultWeightsError: the model names none, or its id is not in the manifest yet.
@@ -1136,7 +1136,7 @@ def default_weights_id(spec: ModelSpec | None) -> str:
         raise NoDefaultWeightsError(
             f"{name} has no default weights", hint="pass --weights ID or --weights PATH"
         )
-    manifest = load_manifest()
+    manifest = manifest if manifest is not None else load_manifest()
     if spec.default_weights not in manifest.entries:
         # The registry names the id the default will have (symnet.lol); until such weights
         # are trained and listed, say so plainly and offer what the manifest does have.
@@ -1167,13 +1167,15 @@ def load_state_dict(ref: str | Path | None, *, spec: ModelSpec | None = None) ->
     Raises:
         WeightsError: no default weights, weights of another model, missing, corrupt.
     """
+    manifest = None
     if ref is None:
-        ref = default_weights_id(spec)
+        manifest = load_manifest()
+        ref = default_weights_id(spec, manifest)
     if not _looks_like_path(ref):
         ref = str(ref)
         if "." not in ref and spec is not None:
             ref = f"{spec.name}.{ref}"
-        entry = load_manifest().get(ref)
+        entry = (manifest or load_manifest()).get(ref)
         if spec is not None and entry.model != spec.name:
             raise WeightsError(
                 f"weights '{entry.id}' are for model '{entry.model}', not '{spec.name}'",
