@@ -157,6 +157,50 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, pairs_dir: Path, val_d
     assert strip(log_a) == strip(log_b)
 
 
+def test_time_limit_stops_validates_and_resumes_exactly(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+):
+    straight = _model()
+    train(_cfg(tmp_path, pairs_dir, val_dir, "straight"), model=straight)
+
+    messages: list[str] = []
+
+    class Spy(Reporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    # A limit shorter than one step: the step under way finishes, then the run stops there.
+    cut = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "timed", time_limit=1e-6),
+        model=_model(),
+        reporter=Spy(),
+    )
+    assert cut.step == 1 and not cut.finished and cut.total_steps == 12
+    assert cut.best is not None and cut.best["step"] == 1  # validated before stopping
+    assert any("time limit" in m and "--resume" in m for m in messages)
+    assert torch.load(tmp_path / "timed" / LAST, weights_only=False)["step"] == 1
+
+    # How often a resumed run validates may change; its training may not.
+    resumed_model = TinyEnhancer()
+    resumed = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "timed", resume=tmp_path / "timed" / LAST, val_every=5),
+        model=resumed_model,
+    )
+    assert resumed.finished and resumed.step == 12
+    assert [r["step"] for r in resumed.history if r["kind"] == "val"] == [1, 5, 10, 12]
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_time_limit_must_be_positive(tmp_path: Path, pairs_dir: Path):
+    from lowlight_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="time limit"):
+        train(_cfg(tmp_path, pairs_dir, None, "z", time_limit=0.0), model=_model())
+
+
 def test_resume_refuses_other_model(tmp_path: Path, pairs_dir: Path):
     from lowlight_cli.errors import UsageError
 
@@ -406,3 +450,61 @@ def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
         # Same arithmetic in another order: equal up to float rounding.
         assert torch.allclose(value, two[key], atol=1e-6), key
     assert (tmp_path / "ws2" / "metrics.jsonl").read_text().count("\n") > 0  # rank 0 logged
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("540", 540.0), ("540s", 540.0), ("9m", 540.0), ("1.5h", 5400.0)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    from lowlight_cli.cli.train import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "0", "-5m", "nan", "inf", "5 min", "5d"])
+def test_parse_duration_rejects(text: str) -> None:
+    from lowlight_cli.cli.train import parse_duration
+    from lowlight_cli.errors import UsageError
+
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_train_command_time_limit_then_resume_and_export(
+    tmp_path: Path, val_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI end to end: a timed-out run checkpoints; --resume finishes it; --export prints
+    the manifest entry of the best checkpoint; a bad duration is a usage error."""
+    from lowlight_cli.cli import main
+    from lowlight_cli.errors import ExitCode
+
+    def lowlight(args: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    data = _write_pairs(tmp_path / "pairs", 2, size=(32, 32))
+    out = tmp_path / "neid-run"
+    common = ["train", "--model", "neid", "--dataset", "pairs", "--data", str(data)]
+    common += ["--val", str(val_dir), "--out", str(out), "--device", "cpu", "--threads", "1"]
+    common += ["--batch-size", "2", "--patch", "32", "--workers", "1"]
+
+    code, _, err = lowlight([*common, "--steps", "4", "--time-limit", "0.000001"])
+    assert code == 0, err
+    assert "time limit" in err and "--resume" in err
+    assert torch.load(out / LAST, weights_only=False)["step"] == 1
+
+    code, _, err = lowlight([*common, "--steps", "4", "--time-limit", "soon"])
+    assert code == ExitCode.USAGE and "not a duration" in err
+
+    code, stdout, err = lowlight([*common, "--resume", str(out / LAST), "--export"])
+    assert code == 0, err
+    assert torch.load(out / LAST, weights_only=False)["step"] == 4
+    exported = out / "neid.pairs.safetensors"
+    assert exported.is_file()
+    assert exported.name in json.dumps(json.loads(stdout))

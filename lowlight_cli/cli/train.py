@@ -12,6 +12,27 @@ import typer
 from lowlight_cli.constants import ENV_DEVICE, ENV_VGG16_PATH
 from lowlight_cli.errors import UsageError
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``540``, ``540s``, ``9m``, ``1.5h``.
+
+    Raises:
+        UsageError: not a positive number with an optional s/m/h unit.
+    """
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in ("s", "m", "h") else ""
+    try:
+        seconds = float(value[: len(value) - len(unit)]) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise UsageError(
+            f"--time-limit: '{text}' is not a duration", hint="e.g. 540, 540s, 9m or 1.5h"
+        )
+    return seconds
+
 
 def _make_reporter(log_every: int) -> Any:
     """A rich progress bar on a terminal, plain log lines every ``log_every`` steps otherwise."""
@@ -156,6 +177,12 @@ def train(
     channels_last: bool = typer.Option(
         False, "--channels-last", help="NHWC memory format (can be faster on GPU)."
     ),
+    time_limit: str | None = typer.Option(
+        None,
+        "--time-limit",
+        help="Stop after this long (540, 9m, 1.5h): validate, checkpoint, export if asked; "
+        "--resume continues the schedule.",
+    ),
 ) -> None:
     """Train a model with its paper's recipe; prints the manifest entry with --export."""
     from lowlight_cli.cli._common import err_console, print_json
@@ -200,6 +227,9 @@ def train(
         workers=workers,
         threads=threads,
         channels_last=channels_last,
+        val_every=val_every,
+        log_every=log_every,
+        time_limit=parse_duration(time_limit) if time_limit is not None else None,
     )
     result = run_training(cfg, reporter=_make_reporter(recipe.log_every))
     if result.best:

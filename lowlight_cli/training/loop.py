@@ -75,7 +75,13 @@ class TrainConfig:
         workers: image-decoding threads.
         threads: ``torch.set_num_threads`` (None: leave torch's default).
         stop_at: end this invocation after this step (checkpointed), leaving the schedule as is.
+        time_limit: end this invocation once this many seconds have passed since ``train`` was
+            called: the step under way finishes, is validated (when there is validation data)
+            and checkpointed, and the schedule is left as is, so ``--resume`` continues it.
         channels_last: NHWC memory format (faster convolutions on some CPUs and GPUs).
+        val_every: validate every N steps instead of the recipe's (also when resuming: how often
+            a run is validated does not change its training).
+        log_every: log every N steps instead of the recipe's (also when resuming).
     """
 
     model: str
@@ -95,7 +101,10 @@ class TrainConfig:
     workers: int = 2
     threads: int | None = None
     stop_at: int | None = None
+    time_limit: float | None = None
     channels_last: bool = False
+    val_every: int | None = None
+    log_every: int | None = None
 
 
 class Reporter:
@@ -524,6 +533,17 @@ def _average_gradients(params: list[nn.Parameter], world: int) -> None:
         offset += n
 
 
+def _all_agree(local: bool, world: int, device: torch.device) -> bool:
+    """True when any process says so (one ``all_reduce``): every rank must stop at one step."""
+    if world <= 1:
+        return local
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if local else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
 class _Ema:
     """Exponential moving average of the model's floating-point state."""
 
@@ -661,6 +681,9 @@ def train(
         UsageError: bad data, flags or checkpoint.
         ResourceError: device or precision not available.
     """
+    t_start = time.monotonic()
+    if cfg.time_limit is not None and cfg.time_limit <= 0:
+        raise UsageError(f"the time limit must be positive, not {cfg.time_limit:g} s")
     reporter = reporter or Reporter()
     dist = _init_distributed(cfg.device)
     device = resolve_device(cfg.device, dist)
@@ -680,6 +703,7 @@ def train(
     else:
         recipe = cfg.recipe or default_recipe(cfg.model)
         seed = cfg.seed
+    recipe = recipe.override(val_every=cfg.val_every, log_every=cfg.log_every)
     if cfg.data is None:
         raise UsageError("no training data", hint="pass --data PATH")
 
@@ -804,6 +828,7 @@ def train(
         }
 
     flag: dict[str, bool] = {}
+    timed_out = False
     step = start
     last_path = out / LAST
     best_path = out / BEST
@@ -839,6 +864,10 @@ def train(
                     ema.update(model)
                 step += 1
                 steps_since_log += 1
+                if cfg.time_limit is not None and step < stop:
+                    late = time.monotonic() - t_start >= cfg.time_limit
+                    if _all_agree(late, dist.world, device):
+                        stop, timed_out = step, True
                 if dist.main:
                     logs = {"loss": float(loss.detach()), "lr": lr, **logs}
                     if step % recipe.log_every == 0 or step == total:
@@ -847,7 +876,11 @@ def train(
                         t_log, steps_since_log = now, 0
                         history.append({"kind": "train", "step": step, **logs})
                     reporter.step(step, total, logs)
-                at_val = (recipe.val_every and step % recipe.val_every == 0) or step == total
+                at_val = (
+                    (recipe.val_every and step % recipe.val_every == 0)
+                    or step == total
+                    or timed_out
+                )
                 if at_val or step == stop or flag.get("stop"):
                     if dist.main:
                         if at_val and data.val is not None:
@@ -874,6 +907,11 @@ def train(
                     raise KeyboardInterrupt
     finally:
         reporter.close()
+    if timed_out and dist.main:
+        reporter.message(
+            f"time limit ({cfg.time_limit:g} s) reached: checkpoint at step {step} of {total} "
+            f"in {last_path}; continue with --resume {last_path}"
+        )
     if data.val is None and dist.main:
         # No validation: the last weights are the best we know.
         atomic_torch_save(make_checkpoint(step), best_path)
