@@ -47,6 +47,26 @@ def test_models_json_lists_registry() -> None:
     assert {"symnet", "nrl", "frlie", "neid", "gamma", "clahe"} <= names
 
 
+def test_models_marks_the_default_and_its_shipped_scores() -> None:
+    from lowlight_cli.constants import DEFAULT_MODEL
+    from lowlight_cli.weights import load_manifest
+
+    result = runner.invoke(app, ["models", "--json"])
+    rows = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert [n for n, m in rows.items() if m["default"]] == [DEFAULT_MODEL]
+    # `lowlight enhance photo.jpg` must work offline: the default model's weights are listed.
+    assert rows[DEFAULT_MODEL]["weights_available"]
+    manifest = load_manifest()
+    for name, row in rows.items():
+        entry = manifest.entries.get(row["default_weights"] or "")
+        assert row["weights_available"] == (entry is not None), name
+        assert row["lol_eval15"] == (entry.metrics.get("lol_eval15") if entry else None), name
+    # The default is the model whose shipped weights score best on LOL eval15; landing better
+    # weights for another model means revisiting DEFAULT_MODEL (constants.py).
+    scored = {n: r["lol_eval15"]["psnr"] for n, r in rows.items() if r["lol_eval15"]}
+    assert max(scored, key=scored.get) == DEFAULT_MODEL, scored
+
+
 def test_unknown_model_is_usage_error() -> None:
     from lowlight_cli.constants import ExitCode
     from lowlight_cli.errors import UsageError
