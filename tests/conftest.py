@@ -28,3 +28,21 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("LOWLIGHT_MANIFEST", raising=False)
     monkeypatch.delenv("LOWLIGHT_WEIGHTS_URL", raising=False)
     yield
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """``lowlight ARGS`` in-process through ``main`` (errors -> exit codes): (code, out, err)."""
+    from lowlight_cli.cli import main
+
+    def invoke(args: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke

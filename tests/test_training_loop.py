@@ -471,23 +471,13 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_train_command_time_limit_then_resume_and_export(
-    tmp_path: Path, val_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, val_dir: Path, run_cli
 ) -> None:
     """The CLI end to end: a timed-out run checkpoints; --resume finishes it; --export prints
     the manifest entry of the best checkpoint; a bad duration is a usage error."""
-    from lowlight_cli.cli import main
     from lowlight_cli.errors import ExitCode
 
-    def lowlight(args: list[str]) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
+    lowlight = run_cli
     data = _write_pairs(tmp_path / "pairs", 2, size=(32, 32))
     out = tmp_path / "neid-run"
     common = ["train", "--model", "neid", "--dataset", "pairs", "--data", str(data)]
