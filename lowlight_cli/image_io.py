@@ -54,6 +54,8 @@ _PNG_COLOUR_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM")
 _MAX_JPEG_EXIF = 65533  # one APP1 segment
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # same weights as Pillow's "L"
+# Rows encoded at a time: 256 rows of a 6000 px wide photo are 18 MB of float32.
+ENCODE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -362,9 +364,16 @@ def _decode_8bit(im: Image.Image, label: str) -> tuple[np.ndarray, np.ndarray | 
         alpha = arr[..., 3] if has_alpha else None
     scale = np.float32(1.0 / 255.0)
     return (
-        rgb.astype(np.float32) * scale,
-        None if alpha is None else alpha.astype(np.float32) * scale,
+        _scaled_float(rgb, scale),
+        None if alpha is None else _scaled_float(alpha, scale),
     )
+
+
+def _scaled_float(values: np.ndarray, scale: np.float32) -> np.ndarray:
+    """``values * scale`` as float32, scaled in place: one full-size float buffer, not two."""
+    out = values.astype(np.float32)
+    out *= scale
+    return out
 
 
 def _decode_16bit(
@@ -418,8 +427,8 @@ def _decode_16bit(
     else:
         mode = "RGBA" if alpha is not None else "RGB"
     return (
-        rgb.astype(np.float32) * scale,
-        None if alpha is None else alpha.astype(np.float32) * scale,
+        _scaled_float(rgb, scale),
+        None if alpha is None else _scaled_float(alpha, scale),
         mode,
         upright,
     )
@@ -629,24 +638,10 @@ def encode_image(
     arr = np.asarray(pixels)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"cannot encode pixels of shape {arr.shape}; expected (H, W, 3) RGB")
-    rgb = np.clip(arr.astype(np.float32, copy=False), 0.0, 1.0)  # always a fresh array
-    rgb[np.isnan(rgb)] = 0.0
-
-    gray = photo.is_grayscale and fmt != "WEBP"  # WebP has no grayscale mode
-    colour = (rgb @ _BT601)[..., None] if gray else rgb
-    alpha = None
-    if info.alpha and photo.alpha is not None:
-        alpha = _alpha_for(photo.alpha, rgb.shape[:2])[..., None]
-        if gray and bit_depth == 16 and fmt == "PNG":
-            # OpenCV cannot write 16-bit gray+alpha PNG; keep the bits and the alpha as RGBA.
-            colour = np.repeat(colour, 3, axis=2)
-    stacked = colour if alpha is None else np.concatenate([colour, alpha], axis=2)
-    if stacked.shape[2] == 1:
-        stacked = stacked[..., 0]
-    quantised = _quantise(stacked, bit_depth)
+    quantised = _to_integers(photo, arr, fmt, bit_depth)
 
     icc = photo.icc_profile if info.icc else None
-    gray_out = stacked.ndim == 2 or stacked.shape[2] == 2
+    gray_out = quantised.ndim == 2 or quantised.shape[2] == 2
     if icc is not None and _icc_space(icc) != (b"GRAY" if gray_out else b"RGB "):
         icc = None  # a profile for the other colour model would be wrong for these pixels
     exif = photo.exif if info.exif else None
@@ -658,6 +653,38 @@ def encode_image(
         return _encode_pillow(quantised, fmt, icc, exif, int(quality))
     except (OSError, ValueError) as exc:
         raise ImageError(f"cannot encode the image as {fmt}: {_reason(exc)}") from exc
+
+
+def _to_integers(photo: Photo, arr: np.ndarray, fmt: str, bit_depth: int) -> np.ndarray:
+    """Clip, NaN -> 0, gray/alpha as ``fmt`` stores them, then round to integers.
+
+    Works through ``ENCODE_ROWS`` rows at a time, so its float32 temporaries stay small
+    instead of being two more copies of the whole photo (576 MB at 24 MP).
+    """
+    gray = photo.is_grayscale and fmt != "WEBP"  # WebP has no grayscale mode
+    alpha = None
+    if FORMATS[fmt].alpha and photo.alpha is not None:
+        alpha = _alpha_for(photo.alpha, arr.shape[:2])
+    height = arr.shape[0]
+    out: np.ndarray | None = None
+    for top in range(0, height, ENCODE_ROWS):
+        rows = slice(top, min(top + ENCODE_ROWS, height))
+        rgb = np.clip(arr[rows].astype(np.float32, copy=False), 0.0, 1.0)  # a fresh array
+        rgb[np.isnan(rgb)] = 0.0
+        block = (rgb @ _BT601)[..., None] if gray else rgb
+        if alpha is not None:
+            if gray and bit_depth == 16 and fmt == "PNG":
+                # OpenCV cannot write 16-bit gray+alpha PNG; keep the bits and the alpha as RGBA.
+                block = np.repeat(block, 3, axis=2)
+            block = np.concatenate([block, alpha[rows][..., None]], axis=2)
+        if block.shape[2] == 1:
+            block = block[..., 0]
+        quantised = _quantise(block, bit_depth)
+        if out is None:
+            out = np.empty((height, *quantised.shape[1:]), dtype=quantised.dtype)
+        out[rows] = quantised
+    assert out is not None  # height >= 1 was checked by the caller
+    return out
 
 
 def _alpha_for(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:

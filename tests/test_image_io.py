@@ -342,6 +342,37 @@ def test_quantisation_rounds(bits: int) -> None:
     assert np.array_equal(decoded.astype(np.int64), np.minimum(levels + 1, top))
 
 
+@pytest.mark.parametrize(
+    ("fmt", "bits", "mode"),
+    [
+        ("png", 8, "RGB"),
+        ("png", 16, "RGBA"),
+        ("png", 16, "LA"),
+        ("tif", 16, "L"),
+        ("webp", 8, "LA"),
+        ("bmp", 8, "RGB"),
+    ],
+)
+def test_encoding_in_row_blocks_matches_one_block(
+    monkeypatch: pytest.MonkeyPatch, fmt: str, bits: int, mode: str
+) -> None:
+    # Large photos are converted to integers ENCODE_ROWS rows at a time; blocks that do not
+    # divide the height (3 rows of 11, the last one short) must give the same file as one block.
+    height = 11
+    pixels = RNG.uniform(-0.1, 1.1, size=(height, W, 3)).astype(np.float32)
+    pixels[4, 2, 1] = np.nan
+    if mode in ("L", "LA"):
+        pixels[:] = pixels[..., :1]
+    alpha = RNG.uniform(0, 1, size=(height, W)).astype(np.float32) if "A" in mode else None
+    photo = Photo(pixels=pixels, alpha=alpha, bit_depth=bits, mode=mode)
+    whole = image_io.encode_image(photo, pixels, fmt, bit_depth=bits)
+    monkeypatch.setattr(image_io, "ENCODE_ROWS", 3)
+    blocks = image_io.encode_image(photo, pixels, fmt, bit_depth=bits)
+    assert blocks == whole
+    decoded = decode_image(blocks)
+    assert decoded.height == height and (decoded.alpha is None) == (alpha is None or fmt == "bmp")
+
+
 def test_out_of_range_and_nan_are_clipped() -> None:
     pixels = np.array([[[-0.5, 1.5, np.nan]]], np.float32)
     data = image_io.encode_image(Photo(pixels=pixels), pixels, "png")
