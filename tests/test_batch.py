@@ -168,6 +168,9 @@ def test_interrupted_batch_leaves_no_partial_files_and_resumes(tmp_path: Path, s
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     done, strays = _outputs_and_strays(out)
+    # The user is told where it stopped and what to do, with the count of files really there.
+    assert f"interrupted: {len(done)} of 12 photos written" in err.decode()
+    assert "run the same command again" in err.decode()
     assert strays == []  # no temp or partial files
     assert 1 <= len(done) < 12
     for path in done:  # every output present is a complete image

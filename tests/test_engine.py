@@ -329,3 +329,36 @@ def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
     tuned = faults()
     assert untuned > 0.5 * pages  # glibc mmaps the block anew: every page faults again
     assert tuned < 0.05 * pages, (tuned, untuned)
+
+
+_RELEASE_SCRIPT = """
+import resource
+import torch
+from torch import nn
+from lowlight_cli.backends.torch import TorchBackend
+from lowlight_cli.devices import release_freed_memory
+TorchBackend(nn.Conv2d(3, 3, 1), device="cpu")
+def touch():
+    torch.empty(50_000_000, dtype=torch.float32).fill_(1.0)  # 200 MB, freed at once
+def rss_kb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+touch()
+kept = rss_kb()
+released = release_freed_memory()
+print(int(released), kept - rss_kb())
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the heap tuning is for glibc's malloc",
+)
+def test_freed_memory_kept_by_the_heap_tuning_is_released_between_photos() -> None:
+    """What the tuning keeps after a photo goes back to the kernel when batch asks for it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, check=True
+    )
+    released, drop_kb = map(int, done.stdout.split()[-2:])
+    assert released == 1
+    assert drop_kb > 150_000, drop_kb  # the 200 MB block left the process

@@ -199,7 +199,8 @@ def _run(
     write_options: dict[str, Any],
 ) -> list[FileResult]:
     """Read ahead, enhance on this thread, write behind; one failure never stops the rest."""
-    from lowlight_cli.cli._common import err_console, progress_enabled
+    from lowlight_cli.cli._common import err_console, print_error, progress_enabled
+    from lowlight_cli.devices import release_freed_memory
     from lowlight_cli.image_io import read_image, write_image
 
     delay = float(os.environ.get(_ENV_TEST_DELAY, "0") or 0)
@@ -274,14 +275,31 @@ def _run(
                 (pool.submit(write_image, dest, photo, pixels, **write_options), record, began)
             )
             del photo, pixels
+            release_freed_memory()  # this photo's tile buffers do not fit the next one's sizes
             while len(writes) > workers:  # bounded: finished pixels must not pile up in memory
                 finish_write(block=True)
             finish_write(block=False)
         while writes:
             finish_write(block=True)
+    except KeyboardInterrupt:
+        # Drop queued reads, let running writes finish (they are atomic, so each either
+        # completes or leaves nothing), say where the run stopped, then let the interrupt
+        # propagate (exit 130). Typer turns it into that exit code without a word.
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.stop()
+            bar = None
+        written = sum(r.status == "ok" for r in results) + sum(
+            1 for future, _, _ in writes if not future.cancelled() and future.exception() is None
+        )
+        print_error(
+            LowlightError(
+                f"interrupted: {written} of {len(todo)} photos written, none half-written",
+                hint="run the same command again to do the rest (written photos are skipped)",
+            )
+        )
+        raise
     finally:
-        # On Ctrl-C/SIGTERM: drop queued reads, let running writes finish (they are atomic, so
-        # each either completes or leaves nothing), then let the interrupt propagate.
         pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.stop()
