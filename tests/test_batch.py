@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowlight_cli.cli import main
 from lowlight_cli.cli.batch import find_images
 
 
@@ -25,17 +24,6 @@ def _dark(path: Path, size: tuple[int, int] = (32, 24), seed: int = 0) -> Path:
     return path
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _tree(root: Path) -> None:
     _dark(root / "a.jpg")
     _dark(root / "b.png", seed=1)
@@ -44,13 +32,11 @@ def _tree(root: Path) -> None:
     (root / "notes.txt").write_text("not an image")
 
 
-def test_recursive_mirror_then_everything_skipped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_recursive_mirror_then_everything_skipped(tmp_path: Path, run_cli) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     _tree(src)
-    code, stdout, stderr = _run(
-        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
+    code, stdout, stderr = run_cli(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"]
     )
     assert code == 0, stderr
     report = json.loads(stdout)
@@ -63,30 +49,25 @@ def test_recursive_mirror_then_everything_skipped(
         "sub/deeper/d_enhanced.webp",
     ]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    code, stdout, _ = _run(
-        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
-    )
+    code, stdout, _ = run_cli(["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"])
     assert code == 0
     summary = json.loads(stdout)["summary"]
     assert summary["ok"] == 0 and summary["skipped"] == 4
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    code, stdout, _ = _run(
-        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json", "--no-skip-existing"],
-        capsys,
+    code, stdout, _ = run_cli(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json", "--no-skip-existing"]
     )
     assert code == 0 and json.loads(stdout)["summary"]["ok"] == 4
 
 
-def test_outputs_beside_inputs_are_never_reread(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_outputs_beside_inputs_are_never_reread(tmp_path: Path, run_cli) -> None:
     _tree(tmp_path)
-    code, _, err = _run(["batch", str(tmp_path), "-m", "gamma"], capsys)
+    code, _, err = run_cli(["batch", str(tmp_path), "-m", "gamma"])
     assert code == 0, err
     assert (tmp_path / "a_enhanced.jpg").exists() and not (
         tmp_path / "sub" / "c_enhanced.png"
     ).exists()
-    code, stdout, _ = _run(["batch", str(tmp_path), "-m", "gamma", "--json"], capsys)
+    code, stdout, _ = run_cli(["batch", str(tmp_path), "-m", "gamma", "--json"])
     files = json.loads(stdout)["files"]
     assert {Path(f["input"]).name for f in files} == {"a.jpg", "b.png"}
     assert all(f["status"] == "skipped" for f in files)
@@ -104,16 +85,14 @@ def test_output_folder_inside_input_is_excluded(tmp_path: Path) -> None:
     assert sorted(p.name for p in only_png) == ["b.png", "c.png", "old.png"]
 
 
-def test_corrupt_files_are_reported_and_the_rest_finishes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_corrupt_files_are_reported_and_the_rest_finishes(tmp_path: Path, run_cli) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     _tree(src)
     (src / "truncated.jpg").write_bytes((src / "a.jpg").read_bytes()[:60])
     (src / "sub" / "empty.png").write_bytes(b"")
     (src / "text.webp").write_text("hello")
-    code, stdout, stderr = _run(
-        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"], capsys
+    code, stdout, stderr = run_cli(
+        ["batch", str(src), "-o", str(out), "-r", "-m", "gamma", "--json"]
     )
     assert code == 6
     report = json.loads(stdout)
@@ -126,12 +105,12 @@ def test_corrupt_files_are_reported_and_the_rest_finishes(
     assert len([p for p in out.rglob("*") if p.is_file()]) == 4
 
 
-def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["batch", str(tmp_path / "missing"), "-m", "gamma"], capsys)[0] == 2
-    assert _run(["batch", str(tmp_path), "-m", "gamma"], capsys)[0] == 2  # no images
+def test_usage_errors(tmp_path: Path, run_cli) -> None:
+    assert run_cli(["batch", str(tmp_path / "missing"), "-m", "gamma"])[0] == 2
+    assert run_cli(["batch", str(tmp_path), "-m", "gamma"])[0] == 2  # no images
     _dark(tmp_path / "a.png")
-    assert _run(["batch", str(tmp_path), "-m", "gamma", "--suffix", ""], capsys)[0] == 2
-    assert _run(["batch", str(tmp_path), "-m", "gamma", "--upscale"], capsys)[0] == 2
+    assert run_cli(["batch", str(tmp_path), "-m", "gamma", "--suffix", ""])[0] == 2
+    assert run_cli(["batch", str(tmp_path), "-m", "gamma", "--upscale"])[0] == 2
 
 
 def _outputs_and_strays(out: Path) -> tuple[list[Path], list[Path]]:

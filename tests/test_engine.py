@@ -293,18 +293,25 @@ def test_classical_models_through_create(name: str) -> None:
     assert out.mean() > dark.mean() + 0.05  # a dark photo comes out brighter
 
 
-_FAULTS_SCRIPT = """
+# A CPU backend (which tunes the heap) and a 200 MB block allocated and freed by touch().
+_TUNED_HEAP_SCRIPT = """
 import resource, torch
 from torch import nn
 from lowlight_cli.backends.torch import TorchBackend
 TorchBackend(nn.Conv2d(3, 3, 1), device="cpu")
 def touch():
     torch.empty(50_000_000, dtype=torch.float32).fill_(1.0)  # 200 MB, freed at once
+"""
+
+_FAULTS_SCRIPT = (
+    _TUNED_HEAP_SCRIPT
+    + """
 touch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 touch()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
+)
 
 
 @pytest.mark.skipif(
@@ -331,15 +338,10 @@ def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
     assert tuned < 0.05 * pages, (tuned, untuned)
 
 
-_RELEASE_SCRIPT = """
-import resource
-import torch
-from torch import nn
-from lowlight_cli.backends.torch import TorchBackend
+_RELEASE_SCRIPT = (
+    _TUNED_HEAP_SCRIPT
+    + """
 from lowlight_cli.devices import release_freed_memory
-TorchBackend(nn.Conv2d(3, 3, 1), device="cpu")
-def touch():
-    torch.empty(50_000_000, dtype=torch.float32).fill_(1.0)  # 200 MB, freed at once
 def rss_kb():
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
@@ -348,6 +350,7 @@ kept = rss_kb()
 released = release_freed_memory()
 print(int(released), kept - rss_kb())
 """
+)
 
 
 @pytest.mark.skipif(

@@ -247,6 +247,7 @@ def _run(
                 bar.advance(task)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lowlight-io")
+    interrupted = False
     try:
         for index, (src, dest) in enumerate(todo):
             # Read one photo ahead: decoding overlaps the model, and at most two decoded photos
@@ -282,27 +283,25 @@ def _run(
         while writes:
             finish_write(block=True)
     except KeyboardInterrupt:
-        # Drop queued reads, let running writes finish (they are atomic, so each either
-        # completes or leaves nothing), say where the run stopped, then let the interrupt
-        # propagate (exit 130). Typer turns it into that exit code without a word.
-        pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.stop()
-            bar = None
-        written = sum(r.status == "ok" for r in results) + sum(
-            1 for future, _, _ in writes if not future.cancelled() and future.exception() is None
-        )
-        print_error(
-            LowlightError(
-                f"interrupted: {written} of {len(todo)} photos written, none half-written",
-                hint="run the same command again to do the rest (written photos are skipped)",
-            )
-        )
+        interrupted = True
         raise
     finally:
+        # On Ctrl-C/SIGTERM: drop queued reads, let running writes finish (they are atomic, so
+        # each either completes or leaves nothing), say where the run stopped, then let the
+        # interrupt propagate (exit 130; Typer turns it into that code without a word).
         pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.stop()
+        if interrupted:
+            written = sum(r.status == "ok" for r in results) + sum(
+                1 for f, _, _ in writes if not f.cancelled() and f.exception() is None
+            )
+            print_error(
+                LowlightError(
+                    f"interrupted: {written} of {len(todo)} photos written, none half-written",
+                    hint="run the same command again to do the rest (written photos are skipped)",
+                )
+            )
     return results
 
 
