@@ -306,10 +306,12 @@ def touch():
 _FAULTS_SCRIPT = (
     _TUNED_HEAP_SCRIPT
     + """
-touch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-touch()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 )
 
@@ -319,9 +321,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     reason="the heap tuning is for glibc's malloc",
 )
 def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
-    """A freed 200 MB block is reused by the next tile (no page faults); opt-out restores mmap."""
+    """Freed 200 MB blocks are reused tile after tile (no page faults); opt-out restores mmap.
 
-    def faults(**env: str) -> int:
+    Not from the first repeat: torch asks for 64-byte aligned memory, and glibc (2.36 at least)
+    serves an aligned request only from a free block a little larger than the request, so the
+    heap takes up to four blocks before the sizes settle (20 runs here: every repeat from the 6th
+    on was reused). The last three of eight repeats must all be reused.
+    """
+
+    def faults(**env: str) -> list[int]:
         done = subprocess.run(
             [sys.executable, "-c", _FAULTS_SCRIPT],
             env={**os.environ, **env},
@@ -329,13 +337,13 @@ def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
             text=True,
             check=True,
         )
-        return int(done.stdout.split()[-1])
+        return [int(n) for n in done.stdout.split()[-8:]]
 
     pages = 200_000_000 // 4096
     untuned = faults(LOWLIGHT_HEAP_TUNING="0")
     tuned = faults()
-    assert untuned > 0.5 * pages  # glibc mmaps the block anew: every page faults again
-    assert tuned < 0.05 * pages, (tuned, untuned)
+    assert all(n > 0.5 * pages for n in untuned), untuned  # mmapped anew: every page faults
+    assert sum(tuned[-3:]) < 0.05 * pages, (tuned, untuned)
 
 
 _RELEASE_SCRIPT = (
