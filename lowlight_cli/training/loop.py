@@ -148,6 +148,7 @@ class _Dist:
     world: int = 1
     rank: int = 0
     local_rank: int = 0
+    owned: bool = False  # this process group was started by train(), which shuts it down
 
     @property
     def main(self) -> bool:
@@ -163,11 +164,12 @@ def _init_distributed(device_name: str) -> _Dist:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
-    return _Dist(world, rank, local)
+    return _Dist(world, rank, local, owned)
 
 
 def resolve_device(name: str, dist: _Dist | None = None) -> torch.device:
@@ -515,16 +517,41 @@ def _recipe_from_dict(d: dict[str, Any]) -> Recipe:
     return cls(**kwargs)
 
 
+# How long _all_reduce waits for gloo's worker to let go of a tensor (it takes ~0.1 ms).
+_RELEASE_WAIT_S = 1.0
+
+
+def _all_reduce(tensor: torch.Tensor, *, maximum: bool = False) -> None:
+    """``all_reduce`` (sum or max) that returns once the backend holds no reference to ``tensor``.
+
+    gloo wakes the caller before its worker thread drops its own references to the tensor: in
+    5-55 % of calls the worker still held them when ``all_reduce`` returned (2 processes,
+    2-core CPU), for about 0.1 ms. If Python has let go by then, the worker has to take the
+    GIL to free the tensor, and when that happens while the interpreter is shutting down the
+    process aborts ("terminate called without an active exception", a SIGABRT after a
+    finished run; pytorch/pytorch#190489). Waiting the fraction of a millisecond here means the
+    tensor is always freed by Python. CUDA tensors (NCCL) are left to the backend: its watchdog
+    frees them, and ``destroy_process_group`` in :func:`train` stops it.
+    """
+    import torch.distributed as dist
+
+    op = dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM
+    dist.all_reduce(tensor, op=op)
+    if tensor.device.type != "cpu" or not hasattr(tensor, "_use_count"):
+        return
+    deadline = time.monotonic() + _RELEASE_WAIT_S
+    while tensor._use_count() > 1 and time.monotonic() < deadline:
+        time.sleep(1e-4)
+
+
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
     if world <= 1:
         return
-    import torch.distributed as dist
-
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    _all_reduce(flat)
     flat /= world
     offset = 0
     for g in grads:
@@ -537,10 +564,8 @@ def _all_agree(local: bool, world: int, device: torch.device) -> bool:
     """True when any process says so (one ``all_reduce``): every rank must stop at one step."""
     if world <= 1:
         return local
-    import torch.distributed as dist
-
     flag = torch.tensor([1.0 if local else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    _all_reduce(flag, maximum=True)
     return bool(flag.item() > 0)
 
 
@@ -681,11 +706,30 @@ def train(
         UsageError: bad data, flags or checkpoint.
         ResourceError: device or precision not available.
     """
+    dist = _init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist, reporter, model, size_multiple)
+    finally:
+        if dist.owned:
+            # As torch.distributed asks of every program that starts a group (NCCL warns and
+            # can leak otherwise). With gloo this does not by itself stop the worker threads
+            # (something in torch 2.13 keeps the group alive); see _all_reduce for the rest.
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    dist: _Dist,
+    reporter: Reporter | None,
+    model: nn.Module | None,
+    size_multiple: int | None,
+) -> TrainResult:
     t_start = time.monotonic()
     if cfg.time_limit is not None and cfg.time_limit <= 0:
         raise UsageError(f"the time limit must be positive, not {cfg.time_limit:g} s")
     reporter = reporter or Reporter()
-    dist = _init_distributed(cfg.device)
     device = resolve_device(cfg.device, dist)
     amp = _Amp(resolve_amp(cfg.precision, device), device)
     if cfg.threads:
