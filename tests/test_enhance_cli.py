@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,38 @@ def test_stdin_to_stdout_in_a_real_process(tmp_path: Path) -> None:
     image = Image.open(io.BytesIO(proc.stdout))
     assert image.format == "PNG" and image.size == (48, 36)
     assert list(tmp_path.iterdir()) == [src]  # nothing written beside
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_enhance_of_many_photos_says_how_far_it_got(tmp_path: Path, sig: int) -> None:
+    """Ctrl-C or SIGTERM: exit 130, finished photos kept, nothing partial, the count on stderr."""
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    inputs = [str(_dark(tmp_path / "in" / f"img{i}.png", seed=i)) for i in range(8)]
+    cmd = [sys.executable, "-m", "lowlight_cli", "enhance", *inputs, "-o", str(out), "-m", "gamma"]
+    # 1 s per photo (test hook) so the signal lands mid-run; SIGINT reset as a terminal has it
+    # (see the batch interrupt test).
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "LOWLIGHT_TEST_DELAY": "1.0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not any(out.iterdir()):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    files = sorted(out.iterdir())
+    assert all(p.name.endswith("_enhanced.png") for p in files), files  # no temp files
+    assert 1 <= len(files) < 8
+    assert f"interrupted: {len(files)} of 8 photos written, none half-written" in err.decode()
+    for path in files:
+        with Image.open(path) as image:
+            image.load()  # complete images only
 
 
 def test_strength_zero_keeps_the_photo(cli, tmp_path: Path) -> None:

@@ -60,14 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every error to its exit code and a one-line message."""
     from lowlight_cli.cli._common import print_error
 
+    # Ctrl-C never reaches here: Typer ends the run with exit 130 and no message itself, so
+    # enhance and batch report how far they got before letting the interrupt go.
     try:
         app(args=argv, prog_name="lowlight")
     except LowlightError as err:
         print_error(err)
         sys.exit(int(err.exit_code))
-    except KeyboardInterrupt:
-        print_error(LowlightError("interrupted"))
-        sys.exit(130)
     except MemoryError:
         print_error(LowlightError("out of memory", hint="use a smaller --tile"))
         sys.exit(int(ExitCode.RESOURCE))

@@ -7,8 +7,6 @@ on the main thread. Outputs are written atomically by ``image_io``, so an interr
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,8 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Suffixes read as inputs (lower case); everything else in the folder is ignored.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
-# Test hook: seconds to sleep per file so interruption tests can catch a batch mid-run.
-_ENV_TEST_DELAY = "LOWLIGHT_TEST_DELAY"
 
 
 @dataclass
@@ -82,10 +78,6 @@ def find_images(
     return sorted(images)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def batch(
     folder: Path = typer.Argument(..., help="Folder of photos.", show_default=False),
     output: Path | None = typer.Option(
@@ -115,6 +107,7 @@ def batch(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Enhance every photo in FOLDER; bad files are reported, not fatal (exit 6)."""
+    from lowlight_cli.cli._common import sigterm_as_interrupt
     from lowlight_cli.image_io import output_path_for
 
     folder = folder.expanduser()
@@ -166,9 +159,7 @@ def batch(
             "device": enhancer.backend.device,
             "provider": getattr(enhancer.backend, "provider", None),
         }
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
-        try:
+        with sigterm_as_interrupt():
             results += _run(
                 enhancer,
                 todo,
@@ -180,8 +171,6 @@ def batch(
                     "overwrite": not skip_existing,
                 },
             )
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     _report(
         results,
         model=model,
@@ -199,11 +188,16 @@ def _run(
     write_options: dict[str, Any],
 ) -> list[FileResult]:
     """Read ahead, enhance on this thread, write behind; one failure never stops the rest."""
-    from lowlight_cli.cli._common import err_console, print_error, progress_enabled
+    from lowlight_cli.cli._common import (
+        err_console,
+        print_interrupted,
+        progress_enabled,
+        test_delay,
+    )
     from lowlight_cli.devices import release_freed_memory
     from lowlight_cli.image_io import read_image, write_image
 
-    delay = float(os.environ.get(_ENV_TEST_DELAY, "0") or 0)
+    delay = test_delay()
     results: list[FileResult] = []
     reads: deque[Future[Photo]] = deque()
     writes: deque[tuple[Future[Any], FileResult, float]] = deque()
@@ -296,11 +290,10 @@ def _run(
             written = sum(r.status == "ok" for r in results) + sum(
                 1 for f, _, _ in writes if not f.cancelled() and f.exception() is None
             )
-            print_error(
-                LowlightError(
-                    f"interrupted: {written} of {len(todo)} photos written, none half-written",
-                    hint="run the same command again to do the rest (written photos are skipped)",
-                )
+            print_interrupted(
+                written,
+                len(todo),
+                hint="run the same command again to do the rest (written photos are skipped)",
             )
     return results
 

@@ -196,7 +196,13 @@ def enhance(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Enhance dark photos: INPUT -> <stem>_enhanced.<ext> (or -o), nothing half-written."""
-    from lowlight_cli.cli._common import err_console, print_json, progress_enabled
+    from lowlight_cli.cli._common import (
+        print_interrupted,
+        print_json,
+        progress_enabled,
+        sigterm_as_interrupt,
+        test_delay,
+    )
 
     if inputs.count("-") > 1:
         raise UsageError("stdin (-) can be read only once")
@@ -225,60 +231,86 @@ def enhance(
         strength=strength,
         upscale=upscale,
     )
-    from lowlight_cli.image_io import read_image, write_image
-
-    records = []
+    write_options = {
+        "format": fmt,
+        "quality": quality,
+        "bit_depth": bit_depth,
+        "overwrite": overwrite,
+    }
     show_progress = progress_enabled()
-    for src, dest in plan:
-        started = time.perf_counter()
-        photo = read_image(src)
-        if show_progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} tiles"),
-                TimeRemainingColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task(Path(src).name if src != "-" else "<stdin>", total=None)
-                pixels = enhancer.enhance(photo.pixels, partial(_advance, bar, task))
-        else:
-            pixels = enhancer.enhance(photo.pixels)
-        written = write_image(
-            dest,
-            photo,
-            pixels,
-            format=fmt,
-            quality=quality,
-            bit_depth=bit_depth,
-            overwrite=overwrite,
-        )
-        seconds = time.perf_counter() - started
-        record = {
-            "input": "-" if src == "-" else str(Path(src)),
-            "output": "-" if written is None else str(written),
-            "model": enhancer.spec.name,
-            # Which backend/device/execution provider really ran (onnx may fall back to CPU).
-            "backend": enhancer.backend.name,
-            "device": enhancer.backend.device,
-            "provider": getattr(enhancer.backend, "provider", None),
-            "size": [photo.width, photo.height],
-            "output_size": [int(pixels.shape[1]), int(pixels.shape[0])],
-            "seconds": round(seconds, 3),
-        }
-        records.append(record)
-        del pixels, photo
-        if not as_json and written is not None:
-            typer.echo(str(written))
-        if written is not None and show_progress:  # a human is watching: say what happened
-            err_console.print(
-                f"{record['input']} -> {record['output']} "
-                f"({record['size'][0]}x{record['size'][1]}, {record['model']}, {seconds:.1f} s)",
-                markup=False,
-                highlight=False,
-            )
+    delay = test_delay()
+    records: list[dict[str, Any]] = []
+    with sigterm_as_interrupt():
+        try:
+            for src, dest in plan:
+                if delay:
+                    time.sleep(delay)
+                record = _enhance_one(enhancer, src, dest, write_options, show_progress)
+                records.append(record)
+                if not as_json and dest != "-":
+                    typer.echo(record["output"])
+        except KeyboardInterrupt:
+            # Writes are atomic: the photo in progress leaves nothing, finished ones stay.
+            # Typer ends the run with exit 130 and no message, so say where it stopped.
+            hint = None
+            if many:
+                hint = (
+                    "enhance the rest again (existing outputs are refused without --overwrite), "
+                    "or use `lowlight batch`, which skips them"
+                )
+            print_interrupted(len(records), len(plan), hint=hint)
+            raise
     if as_json:
         print_json({"files": records})
+
+
+def _enhance_one(
+    enhancer: Enhancer,
+    src: str,
+    dest: str,
+    write_options: dict[str, Any],
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Read, enhance and write one photo; returns its ``--json`` record."""
+    from lowlight_cli.cli._common import err_console
+    from lowlight_cli.image_io import read_image, write_image
+
+    started = time.perf_counter()
+    photo = read_image(src)
+    if show_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} tiles"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(Path(src).name if src != "-" else "<stdin>", total=None)
+            pixels = enhancer.enhance(photo.pixels, partial(_advance, bar, task))
+    else:
+        pixels = enhancer.enhance(photo.pixels)
+    written = write_image(dest, photo, pixels, **write_options)
+    seconds = time.perf_counter() - started
+    record = {
+        "input": "-" if src == "-" else str(Path(src)),
+        "output": "-" if written is None else str(written),
+        "model": enhancer.spec.name,
+        # Which backend/device/execution provider really ran (onnx may fall back to CPU).
+        "backend": enhancer.backend.name,
+        "device": enhancer.backend.device,
+        "provider": getattr(enhancer.backend, "provider", None),
+        "size": [photo.width, photo.height],
+        "output_size": [int(pixels.shape[1]), int(pixels.shape[0])],
+        "seconds": round(seconds, 3),
+    }
+    if written is not None and show_progress:  # a human is watching: say what happened
+        err_console.print(
+            f"{record['input']} -> {record['output']} "
+            f"({record['size'][0]}x{record['size'][1]}, {record['model']}, {seconds:.1f} s)",
+            markup=False,
+            highlight=False,
+        )
+    return record
