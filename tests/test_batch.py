@@ -100,8 +100,11 @@ def test_corrupt_files_are_reported_and_the_rest_finishes(tmp_path: Path, run_cl
     failed = {Path(f["input"]).name: f["error"] for f in report["files"] if f["status"] == "failed"}
     assert set(failed) == {"truncated.jpg", "empty.png", "text.webp"}
     assert all(reason for reason in failed.values())
-    for name in failed:
-        assert name in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("failed: ")]
+    for name, reason in failed.items():
+        (line,) = [line for line in lines if name in line]  # one line per bad file...
+        assert line.count(name) == 1  # ...naming it once, with its reason
+        assert reason.split(name)[-1].strip(": ") in line
     assert len([p for p in out.rglob("*") if p.is_file()]) == 4
 
 

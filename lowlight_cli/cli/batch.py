@@ -328,7 +328,9 @@ def _report(
     err_console.print(table)
     if failed:
         for r in failed:
-            err_console.print(f"failed: {r.input}: {r.error}", markup=False, highlight=False)
+            # Errors from image_io already name the file ("cannot read X: ..."): once is enough.
+            line = r.error if r.input in r.error else f"{r.input}: {r.error}"
+            err_console.print(f"failed: {line}", markup=False, highlight=False)
         names = ", ".join(r.input for r in failed[:5])  # the reasons are listed just above
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise BatchFailedError(
