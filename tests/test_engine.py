@@ -325,7 +325,7 @@ def test_cpu_backend_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
 
     Not from the first repeat: torch asks for 64-byte aligned memory, and glibc (2.36 at least)
     serves an aligned request only from a free block a little larger than the request, so the
-    heap takes up to four blocks before the sizes settle (20 runs here: every repeat from the 6th
+    heap takes up to four blocks before the sizes settle (18 runs here: every repeat from the 6th
     on was reused). The last three of eight repeats must all be reused.
     """
 

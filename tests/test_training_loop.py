@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -429,12 +431,19 @@ assert not torch.distributed.is_initialized()  # train() shut down the group it 
 """
 
 
+def _torchrun(script: Path) -> subprocess.CompletedProcess[str]:
+    """``torchrun`` with 2 CPU processes on ``script``; fails the test unless both exit 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", str(script)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    # The processes' own errors come first; torchrun's summary after them names only the signal.
+    assert done.returncode == 0, done.stderr[:3000]
+    return done
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
     """torchrun with 2 CPU (gloo) processes: averaged gradients equal the single-process ones."""
-    import subprocess
-    import sys
-
     single = _model()
     recipe = _recipe(iterations=6, batch_size=4, val_every=3)
     train(_cfg(tmp_path, pairs_dir, None, "ws1", recipe=recipe), model=single)
@@ -442,11 +451,7 @@ def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
     script = tmp_path / "run.py"
     tests = str(Path(__file__).parent)
     script.write_text(_DDP_SCRIPT.format(tests=tests, out=str(out), data=str(pairs_dir)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node=2", str(script)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    # The processes' own errors come first; torchrun's summary after them names only the signal.
-    assert done.returncode == 0, done.stderr[:3000]
+    _torchrun(script)
     two = torch.load(out / "final.pt")
     for key, value in single.state_dict().items():
         # Same arithmetic in another order: equal up to float rounding.
@@ -476,15 +481,9 @@ def test_gloo_all_reduce_returns_once_the_worker_let_go(tmp_path: Path) -> None:
     (sums only: 28 and 11 of 200 per rank, and that torchrun ended in a SIGABRT; this script's
     alternating sum/max: 109 and 86).
     """
-    import subprocess
-    import sys
-
     script = tmp_path / "held.py"
     script.write_text(_HELD_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node=2", str(script)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[:3000]
+    done = _torchrun(script)
     assert done.stdout.count("still held by gloo: 0") == 2, done.stdout
 
 

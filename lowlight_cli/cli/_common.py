@@ -21,7 +21,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 ENV_TEST_DELAY = "LOWLIGHT_TEST_DELAY"
 
 
-def test_delay() -> float:
+def delay_for_tests() -> float:
     """The per-photo pause asked for by :data:`ENV_TEST_DELAY` (0: none)."""
     return float(os.environ.get(ENV_TEST_DELAY, "0") or 0)
 

@@ -189,15 +189,15 @@ def _run(
 ) -> list[FileResult]:
     """Read ahead, enhance on this thread, write behind; one failure never stops the rest."""
     from lowlight_cli.cli._common import (
+        delay_for_tests,
         err_console,
         print_interrupted,
         progress_enabled,
-        test_delay,
     )
     from lowlight_cli.devices import release_freed_memory
     from lowlight_cli.image_io import read_image, write_image
 
-    delay = test_delay()
+    delay = delay_for_tests()
     results: list[FileResult] = []
     reads: deque[Future[Photo]] = deque()
     writes: deque[tuple[Future[Any], FileResult, float]] = deque()

@@ -197,11 +197,11 @@ def enhance(
 ) -> None:
     """Enhance dark photos: INPUT -> <stem>_enhanced.<ext> (or -o), nothing half-written."""
     from lowlight_cli.cli._common import (
+        delay_for_tests,
         print_interrupted,
         print_json,
         progress_enabled,
         sigterm_as_interrupt,
-        test_delay,
     )
 
     if inputs.count("-") > 1:
@@ -238,7 +238,7 @@ def enhance(
         "overwrite": overwrite,
     }
     show_progress = progress_enabled()
-    delay = test_delay()
+    delay = delay_for_tests()
     records: list[dict[str, Any]] = []
     with sigterm_as_interrupt():
         try:
