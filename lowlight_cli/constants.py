@@ -27,7 +27,9 @@ ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings a
 # with blurred, colour-shifted output). Revisit when GPU-trained weights land (docs/models.md).
 DEFAULT_MODEL = "nrl"
 DEFAULT_DEVICE = "auto"
-DEFAULT_PRECISION = "fp32"
+# "auto": bf16 on CPUs with native bf16 for models whose output stays within 40 dB of fp32
+# (ModelSpec.bf16_auto), fp32 everywhere else (devices.resolve_precision).
+DEFAULT_PRECISION = "auto"
 DEFAULT_BACKEND = "torch"
 DEFAULT_SUFFIX = "_enhanced"
 DEFAULT_STDOUT_FORMAT = "png"
@@ -40,7 +42,7 @@ DEFAULT_BENCHMARK_BUDGET_S = 60.0
 MAX_IMAGE_PIXELS = 268_435_456
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 BACKENDS = ("torch", "onnx")
 
 

@@ -75,6 +75,10 @@ def _mps_available() -> bool:
 def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``, if the model declares it safe.
 
+    ``auto`` is bf16 on a CPU with native bf16 (:func:`cpu_has_native_bf16`) for a model whose
+    registry entry says its bf16 output stays within 40 dB of fp32 (``bf16_auto``), and fp32
+    everywhere else: GPUs keep fp32 until half precision is measured there.
+
     fp16 on the CPU is refused: PyTorch's CPU half kernels are slow or missing for several
     layers, and the memory it would save is better saved with smaller tiles. bf16 runs on the CPU
     where the model allows it.
@@ -87,7 +91,11 @@ def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> 
 
     text = (precision or "fp32").strip().lower()
     if text not in PRECISIONS:
-        raise UsageError(f"unknown precision '{precision}'", hint="choose fp32, fp16 or bf16")
+        raise UsageError(f"unknown precision '{precision}'", hint="choose auto, fp32, fp16 or bf16")
+    if text == "auto":
+        if device.type == "cpu" and spec.bf16_auto and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
     if text == "fp32":
         return torch.float32
     safe = spec.fp16_safe if text == "fp16" else spec.bf16_safe
@@ -108,6 +116,27 @@ def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> 
             f"{device} does not support bf16", hint="use --precision fp16 or fp32 on this GPU"
         )
     return torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this x86 CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX).
+
+    Elsewhere oneDNN emulates bf16 with fp32 instructions plus conversions, which saves memory
+    but not time, so ``--precision auto`` keeps fp32 there (Arm's BF16 is not measured yet).
+    """
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, probe, None)  # private helpers of torch.cpu (torch >= 2.1)
+        if check is None:
+            continue
+        try:
+            if check():
+                return True
+        except RuntimeError:  # pragma: no cover - a build without cpuinfo
+            continue
+    return False
 
 
 def available_memory(device: torch.device) -> int:

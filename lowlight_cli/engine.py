@@ -138,7 +138,8 @@ class Enhancer:
                 model, device=dev, dtype=resolve_precision(precision, spec, dev), scale=self.scale
             )
         self.backend = backend
-        self.precision = precision
+        # What really runs ("auto" resolved by the backend); it sets the memory estimate.
+        self.precision = getattr(backend, "precision", None) or precision
 
     @classmethod
     def create(

@@ -34,6 +34,9 @@ class ModelSpec:
         supports_tiling: the model may be run on overlapping tiles.
         fp16_safe: half precision gives results within tolerance of fp32.
         bf16_safe: bfloat16 likewise.
+        bf16_auto: ``--precision auto`` may pick bf16 (on CPUs with native bf16): with the
+            shipped weights the bf16 output stays within 40 dB PSNR of fp32 (measured on LOL
+            frames, checked by tests/test_registry.py). Implies ``bf16_safe``.
         scale: output size / input size.
         default_weights: weights id in ``weights_manifest.json`` (None: no weights needed).
         exportable: can be exported to ONNX.
@@ -49,6 +52,7 @@ class ModelSpec:
     supports_tiling: bool = True
     fp16_safe: bool = False
     bf16_safe: bool = False
+    bf16_auto: bool = False
     scale: int = 1
     default_weights: str | None = None
     exportable: bool = True

@@ -28,7 +28,7 @@ def create_backend(
     *,
     weights: str | Path | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     upscale: bool = False,
 ) -> Backend:
     """Build backend ``name`` for ``spec`` with its weights loaded.
@@ -38,7 +38,7 @@ def create_backend(
         spec: the model.
         weights: weights id, file, or None for the spec's default.
         device: ``auto|cpu|cuda[:n]|mps``.
-        precision: ``fp32|fp16|bf16``.
+        precision: ``auto|fp32|fp16|bf16`` (see :func:`lowlight_cli.devices.resolve_precision`).
         upscale: the model's true x2 mode (only models with an ``upscale`` kwarg).
 
     Raises:

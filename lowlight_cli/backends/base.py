@@ -50,11 +50,13 @@ class Backend(ABC):
         name: backend id (``"torch"``, ``"onnx"``).
         device: where it runs, in words (``"cpu"``, ``"cuda:0"``).
         scale: output size / input size.
+        precision: the compute precision that really runs (``fp32``, ``fp16``, ``bf16``).
     """
 
     name: str = "base"
     device: str = "cpu"
     scale: int = 1
+    precision: str = "fp32"
 
     @abstractmethod
     def run(self, x: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:

@@ -281,6 +281,8 @@ def create_backend(
     """
     ort = import_onnxruntime()
     text = (precision or "fp32").strip().lower()
+    if text == "auto":
+        text = "fp32"  # no bf16 in onnxruntime's CPU kernels; fp16 on GPUs is not measured yet
     if not spec.exportable:
         raise UsageError(
             f"model '{spec.name}' cannot run on --backend onnx",

@@ -9,6 +9,8 @@ from torch import nn
 from lowlight_cli.backends.base import Backend, OutOfMemory, is_out_of_memory
 from lowlight_cli.models.blocks import pooling_context
 
+_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
 
 class TorchBackend(Backend):
     """A module on a device in a dtype, under ``torch.inference_mode``.
@@ -35,6 +37,7 @@ class TorchBackend(Backend):
     ) -> None:
         self._device = torch.device(device)
         self._dtype = dtype
+        self.precision = _PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch."))
         self.device = str(self._device)
         self.scale = scale
         self._channels_last = (
