@@ -15,6 +15,7 @@ ENV_PRECISION = "LOWLIGHT_PRECISION"
 ENV_MODEL = "LOWLIGHT_MODEL"
 ENV_BACKEND = "LOWLIGHT_BACKEND"
 ENV_TILE = "LOWLIGHT_TILE"
+ENV_WORKING_SIZE = "LOWLIGHT_WORKING_SIZE"
 ENV_CACHE_DIR = "LOWLIGHT_CACHE_DIR"
 ENV_MANIFEST = "LOWLIGHT_MANIFEST"
 ENV_WEIGHTS_URL = "LOWLIGHT_WEIGHTS_URL"
@@ -35,6 +36,9 @@ DEFAULT_SUFFIX = "_enhanced"
 DEFAULT_STDOUT_FORMAT = "png"
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_TILE_OVERLAP = 32
+# Megapixels the model works at by default (the fast path: docs/usage.md, "Working resolution"),
+# per device kind; photos up to this size run at full resolution anyway.
+DEFAULT_WORKING_SIZE_MP: dict[str, float] = {"cpu": 0.5, "cuda": 0.5, "mps": 0.5}
 # Seconds one benchmark speed configuration may take (`lowlight benchmark --budget`).
 DEFAULT_BENCHMARK_BUDGET_S = 60.0
 

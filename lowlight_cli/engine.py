@@ -1,4 +1,12 @@
-"""The Enhancer: pad -> (context pass) -> tiles -> backend -> merge -> crop -> strength -> clamp.
+"""The Enhancer: (shrink) -> pad -> (context pass) -> tiles -> backend -> merge -> crop ->
+strength -> (edge-aware upsampling) -> clamp.
+
+Two paths share the tiler. **Full resolution**: the model sees every pixel of the photo, in tiles
+when it does not fit memory. **Working resolution** (the fast path, the default for photos larger
+than the working size): the model sees a copy shrunk to the working size (the scale the models
+were trained at), and :mod:`lowlight_cli.upsampling` carries its effect to the full-size photo
+with local affine colour transforms fitted between the small input and output, so the photo's own
+edges and detail are kept.
 
 Memory is kept proportional to one tile plus the output: the input is never copied whole
 (padding is done per tile through index maps), tiles are merged straight into a float32 output
@@ -16,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lowlight_cli.backends.base import Backend, OutOfMemory
-from lowlight_cli.constants import DEFAULT_TILE_OVERLAP
+from lowlight_cli.constants import DEFAULT_TILE_OVERLAP, DEFAULT_WORKING_SIZE_MP
 from lowlight_cli.errors import ResourceError, UsageError
 from lowlight_cli.registry import ModelSpec, get_spec
 from lowlight_cli.tiling import Tile, merge_tile, plan_tiles
@@ -28,6 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
 CONTEXT_LONG_SIDE = 1024
 # ...and its area at most max(tile area, this), so it never needs more memory than a tile.
 CONTEXT_MIN_AREA = 256 * 256
+# Mirrored border (working-size pixels) around the shrunk photo on the fast path: the
+# outermost rows of every model's output differ from what it gives with more context (by up to
+# 0.2 in the first row, settling within 5-10 rows; docs/usage.md).
+WORKING_BORDER = 16
 # Below this tile side, out-of-memory is reported instead of retried with smaller tiles.
 MIN_TILE = 64
 # Auto tiles stop growing here: beyond it a CPU gains nothing and the context pass is exact
@@ -56,6 +68,34 @@ BYTES_PER_PIXEL: dict[str, int] = {
 DEFAULT_BYTES_PER_PIXEL = 4096
 
 ProgressCallback = Callable[[int, int], None]
+
+
+def parse_working_size(value: str | float | None) -> float | None:
+    """Megapixels the model works at: ``"auto"``/None -> None (per device); ``"full"`` or
+    ``"0"`` -> 0.0 (full resolution); ``"0.5"`` or ``"0.5mp"`` -> 0.5.
+
+    Raises:
+        UsageError: anything else, or a negative size.
+    """
+    if value is None:
+        return None
+    hint = "use auto, full (every pixel) or megapixels, e.g. 0.5"
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = value.strip().lower()
+        if text == "auto":
+            return None
+        if text in ("full", "full-res"):
+            return 0.0
+        text = text.removesuffix("mp").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise UsageError(f"bad working size {value!r}", hint=hint) from None
+    if not math.isfinite(number) or number < 0:
+        raise UsageError(f"bad working size {value!r}", hint=hint)
+    return number
 
 
 def parse_tile(value: str | int | None) -> int | None:
@@ -93,9 +133,14 @@ class Enhancer:
         tile: tile side in pixels, 0 for the whole image, ``"auto"``/None to choose from memory.
         tile_overlap: width of the blend zone between tiles (pixels).
         strength: 0..1, how much of the enhancement to keep (1 = all of it).
-        upscale: the model's true x2 mode (output twice the input size).
+        upscale: the model's true x2 mode (output twice the input size); always full
+            resolution, since the point of it is detail the small image does not have.
         context_pass: share whole-image pooling statistics between tiles (turn off only to
             measure what it buys).
+        working_size: megapixels the model works at (photos above it take the fast path),
+            ``"full"``/0 for full resolution, ``"auto"``/None for the device's default
+            (:data:`~lowlight_cli.constants.DEFAULT_WORKING_SIZE_MP`; classical models, which
+            cost little per pixel, run at full resolution).
 
     Raises:
         UsageError: bad strength, overlap, tile, or ``upscale`` for a model without that mode.
@@ -114,6 +159,7 @@ class Enhancer:
         strength: float = 1.0,
         upscale: bool = False,
         context_pass: bool = True,
+        working_size: str | float | None = "auto",
     ) -> None:
         if not 0.0 <= float(strength) <= 1.0:
             raise UsageError(f"strength must be between 0 and 1, not {strength}")
@@ -127,6 +173,7 @@ class Enhancer:
         self.strength = float(strength)
         self.upscale = upscale
         self.context_pass = context_pass
+        self.working_size = parse_working_size(working_size)
         if backend is None:
             if model is None:
                 raise UsageError("Enhancer needs a model or a backend")
@@ -148,12 +195,13 @@ class Enhancer:
         *,
         weights: str | Path | None = None,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         backend: str = "torch",
         tile: str | int | None = "auto",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         strength: float = 1.0,
         upscale: bool = False,
+        working_size: str | float | None = "auto",
     ) -> Enhancer:
         """Build an Enhancer for registry model ``model`` (or a weights id like ``neid.lol``).
 
@@ -170,7 +218,8 @@ class Enhancer:
         if weights is None and "." in model:
             weights = model  # `--model symnet.fivek` picks that variant's weights
         check_upscale(spec, upscale)
-        parse_tile(tile)  # fail on a bad tile before loading weights
+        parse_tile(tile)  # fail on bad options before loading weights
+        parse_working_size(working_size)
         runner = create_backend(
             backend, spec, weights=weights, device=device, precision=precision, upscale=upscale
         )
@@ -182,12 +231,13 @@ class Enhancer:
             tile_overlap=tile_overlap,
             strength=strength,
             upscale=upscale,
+            working_size=working_size,
         )
 
     # ------------------------------------------------------------------------------------------
 
     def enhance(self, pixels: np.ndarray, progress: ProgressCallback | None = None) -> np.ndarray:
-        """Enhance one photo.
+        """Enhance one photo (at the working size when it is larger, see :meth:`working_shape`).
 
         Args:
             pixels: ``(H, W, 3)`` float32 RGB in [0, 1] (not modified).
@@ -203,13 +253,57 @@ class Enhancer:
         image = np.asarray(pixels, dtype=np.float32)
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             raise UsageError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        small_shape = self.working_shape(*image.shape[:2])
+        if small_shape is None:
+            out = self._model_pass(image, progress)
+            if self.strength < 1.0:
+                self._blend_with_input(out, image)
+        else:
+            import cv2
+
+            from lowlight_cli.upsampling import UPSAMPLE_EPS, UPSAMPLE_RADIUS, guided_upsample
+
+            # INTER_AREA averages: the small image is what a smaller sensor would have seen.
+            small = cv2.resize(image, small_shape[::-1], interpolation=cv2.INTER_AREA)
+            # Models go wrong in their outermost pixels (zero padding inside): harmless at full
+            # size, but each small pixel becomes several, so mirror a border in and cut it off.
+            b = min(WORKING_BORDER, *(side - 1 for side in small_shape))
+            framed = cv2.copyMakeBorder(small, b, b, b, b, cv2.BORDER_REFLECT_101)
+            small_out = self._model_pass(framed, progress)[
+                b : b + small_shape[0], b : b + small_shape[1]
+            ]
+            if self.strength < 1.0:
+                # The fit is linear in the output, so blending here equals blending at full size.
+                self._blend_with_input(small_out, small)
+            out = guided_upsample(small, small_out, image, radius=UPSAMPLE_RADIUS, eps=UPSAMPLE_EPS)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+    def working_shape(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(h, w)`` the model runs at for an ``height x width`` photo; None: full resolution.
+
+        The photo is shrunk, aspect kept, to the working size's area when it is larger than
+        that; ``--upscale`` and a working size of 0 (``full``) always use full resolution.
+        """
+        if self.upscale:
+            return None
+        megapixels = self.working_size
+        if megapixels is None:
+            megapixels = self.default_working_size()
+        return shrunk_shape(height, width, megapixels)
+
+    def default_working_size(self) -> float:
+        """Megapixels for ``working_size="auto"`` on this backend's device (0: full resolution)."""
+        return default_working_size(self.spec, self.backend.device)
+
+    def _model_pass(self, image: np.ndarray, progress: ProgressCallback | None) -> np.ndarray:
+        """The model over the whole of ``image`` (tiled as needed), unclamped."""
         tile = self.tile if self.tile is not None else self.auto_tile(*image.shape[:2])
         if not self.spec.supports_tiling:
             tile = 0
         while True:
             try:
-                out = self._run(image, tile, progress)
-                break
+                return self._run(image, tile, progress)
             except (OutOfMemory, MemoryError) as exc:
                 self.backend.free()
                 smaller = self._smaller_tile(tile, image.shape[:2])
@@ -221,10 +315,6 @@ class Enhancer:
                         "where the model allows it, or a smaller --tile",
                     ) from exc
                 tile = smaller
-        if self.strength < 1.0:
-            self._blend_with_input(out, image)
-        np.clip(out, 0.0, 1.0, out=out)
-        return out
 
     def auto_tile(self, height: int, width: int) -> int:
         """Tile side for an ``height x width`` photo from free memory (0: whole image fits)."""
@@ -317,6 +407,26 @@ class Enhancer:
         out -= image
         out *= self.strength
         out += image
+
+
+def default_working_size(spec: ModelSpec, device: str) -> float:
+    """Megapixels model ``spec`` works at by default on ``device`` (0: full resolution).
+
+    Classical models cost little per pixel, so there is no reason to approximate them.
+    """
+    if spec.kind != "neural":
+        return 0.0
+    kind = device.split(":", 1)[0]
+    return DEFAULT_WORKING_SIZE_MP.get(kind, DEFAULT_WORKING_SIZE_MP["cpu"])
+
+
+def shrunk_shape(height: int, width: int, megapixels: float) -> tuple[int, int] | None:
+    """``(h, w)`` with the aspect of ``height x width`` and an area of ``megapixels``; None when
+    the photo is not larger than that (or ``megapixels`` is 0: full resolution)."""
+    if not megapixels or height * width <= megapixels * 1e6:
+        return None
+    factor = math.sqrt(megapixels * 1e6 / (height * width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def check_upscale(spec: ModelSpec, upscale: bool) -> None:

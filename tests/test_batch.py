@@ -60,6 +60,33 @@ def test_recursive_mirror_then_everything_skipped(tmp_path: Path, run_cli) -> No
     assert code == 0 and json.loads(stdout)["summary"]["ok"] == 4
 
 
+def test_batch_takes_the_working_size_options(tmp_path: Path, run_cli) -> None:
+    """Both paths through batch give full-size outputs; contradicting options fail early."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, (w, h) in (("a.png", (160, 120)), ("b.png", (90, 60))):
+        yy, xx = np.mgrid[0:h, 0:w]
+        smooth = 25 + 20 * np.sin(xx / 11)[..., None] * np.cos(yy / 7)[..., None]
+        Image.fromarray(np.repeat(smooth, 3, axis=2).astype(np.uint8)).save(src / name)
+    fast, full = tmp_path / "fast", tmp_path / "full"
+    code, stdout, stderr = run_cli(
+        ["batch", str(src), "-o", str(fast), "-m", "gamma", "--working-size", "0.004", "--json"]
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout)["precision"] == "fp32"
+    code, _, stderr = run_cli(["batch", str(src), "-o", str(full), "-m", "gamma", "--full-res"])
+    assert code == 0, stderr
+    for name, size in (("a_enhanced.png", (160, 120)), ("b_enhanced.png", (90, 60))):
+        a, b = Image.open(fast / name), Image.open(full / name)
+        assert a.size == b.size == size
+        # gamma is a global curve; on a smooth photo the fast path follows it closely.
+        assert np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean() < 2
+    code, _, stderr = run_cli(
+        ["batch", str(src), "-o", str(tmp_path / "x"), "--full-res", "--working-size", "1"]
+    )
+    assert code == 2 and "contradict" in stderr and not (tmp_path / "x").exists()
+
+
 def test_outputs_beside_inputs_are_never_reread(tmp_path: Path, run_cli) -> None:
     _tree(tmp_path)
     code, _, err = run_cli(["batch", str(tmp_path), "-m", "gamma"])

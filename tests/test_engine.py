@@ -373,3 +373,136 @@ def test_freed_memory_kept_by_the_heap_tuning_is_released_between_photos() -> No
     released, drop_kb = map(int, done.stdout.split()[-2:])
     assert released == 1
     assert drop_kb > 150_000, drop_kb  # the 200 MB block left the process
+
+
+# --------------------------------------------------------------------------------------------
+# Working resolution (the fast path)
+
+
+class ColourMatrixNet(nn.Module):
+    """A global colour transform (1x1 convolution): what the fast path must reproduce exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.mix.weight.copy_(
+                torch.tensor([[1.8, 0.2, 0.0], [0.1, 2.2, 0.1], [0.0, 0.3, 1.5]])[..., None, None]
+            )
+            self.mix.bias.copy_(torch.tensor([0.02, 0.01, -0.01]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x)
+
+
+class _RecordingBackend(Backend):
+    """Wraps a backend and records the input size of every call."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.device, self.scale, self.shapes = inner, inner.device, inner.scale, []
+
+    def run(self, x: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        self.shapes.append(x.shape[2:])
+        return self.inner.run(x, stats)
+
+    def context(self, x: np.ndarray) -> np.ndarray | None:
+        return self.inner.context(x)
+
+
+def test_parse_working_size() -> None:
+    assert engine_module.parse_working_size("auto") is None
+    assert engine_module.parse_working_size(None) is None
+    assert engine_module.parse_working_size("full") == engine_module.parse_working_size("0") == 0
+    assert engine_module.parse_working_size(" 0.5 ") == engine_module.parse_working_size("0.5MP")
+    assert engine_module.parse_working_size(2) == 2.0
+    for bad in ("-1", "big", "nan", "inf", "0.5 px"):
+        with pytest.raises(UsageError):
+            engine_module.parse_working_size(bad)
+
+
+def test_the_model_sees_the_photo_shrunk_to_the_working_size() -> None:
+    inner = Enhancer(_toy(), spec=TOY, device="cpu", tile=0).backend
+    recorder = _RecordingBackend(inner)
+    enh = Enhancer(spec=TOY, backend=recorder, tile=0, working_size=0.012)
+    image = _image(240, 200)  # 0.048 MP: shrunk by 2 on each side
+    assert enh.working_shape(240, 200) == (120, 100)
+    out = enh.enhance(image)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # One pass over the shrunk photo in a mirrored frame (a multiple of 4 already).
+    border = engine_module.WORKING_BORDER
+    assert recorder.shapes == [(120 + 2 * border, 100 + 2 * border)]
+
+
+@pytest.mark.parametrize("working_size", ["full", 0.048, 1.0])
+def test_a_working_size_of_the_whole_photo_is_the_plain_model(working_size) -> None:
+    """At (or above) the photo's size, or 'full', the result is the plain model's, bit for bit."""
+    model, image = _toy(), _image(240, 200)  # exactly 0.048 MP
+    plain = Enhancer(model, spec=TOY, device="cpu", tile=0, working_size="full").enhance(image)
+    enh = Enhancer(model, spec=TOY, device="cpu", tile=0, working_size=working_size)
+    assert enh.working_shape(240, 200) is None
+    np.testing.assert_array_equal(enh.enhance(image), plain)
+
+
+def test_fast_path_reproduces_a_global_colour_transform_exactly() -> None:
+    spec = dataclasses.replace(TOY, receptive_margin=0)
+    model, image = ColourMatrixNet().eval(), _image(300, 400) * 0.4
+    full = Enhancer(model, spec=spec, device="cpu", tile=0, working_size="full").enhance(image)
+    fast = Enhancer(model, spec=spec, device="cpu", tile=0, working_size=0.01).enhance(image)
+    np.testing.assert_allclose(fast, full, atol=3e-5)
+
+
+def test_fast_path_strength_blends_like_the_full_path() -> None:
+    image = _image(160, 200)
+    kwargs = {"spec": TOY, "device": "cpu", "tile": 0, "working_size": 0.008}
+    whole = Enhancer(_toy(), **kwargs).enhance(image)
+    none = Enhancer(_toy(), strength=0.0, **kwargs).enhance(image)
+    half = Enhancer(_toy(), strength=0.5, **kwargs).enhance(image)
+    np.testing.assert_allclose(none, image, atol=2e-5)  # the identity is a global transform
+    inside = (whole > 0) & (whole < 1)
+    np.testing.assert_allclose(half[inside], ((image + whole) / 2)[inside], atol=2e-5)
+
+
+def test_default_working_size_per_device_and_model_kind() -> None:
+    from lowlight_cli.constants import DEFAULT_WORKING_SIZE_MP
+
+    neural = Enhancer(_toy(), spec=TOY, device="cpu")
+    assert neural.default_working_size() == DEFAULT_WORKING_SIZE_MP["cpu"] > 0
+    assert engine_module.default_working_size(TOY, "cuda:1") == DEFAULT_WORKING_SIZE_MP["cuda"]
+    assert engine_module.default_working_size(get_spec("gamma"), "cpu") == 0.0  # cheap: full-res
+    big = int(4 * DEFAULT_WORKING_SIZE_MP["cpu"] * 1e6)
+    h, w = neural.working_shape(big // 1000, 1000)
+    assert abs(h * w - DEFAULT_WORKING_SIZE_MP["cpu"] * 1e6) < h + w and w == 500
+
+
+def test_upscale_always_runs_at_full_resolution() -> None:
+    spec = dataclasses.replace(get_spec("neid"), name="neid")
+    model = _registry_model("neid", upscale=True)
+    enh = Enhancer(model, spec=spec, device="cpu", upscale=True, working_size=0.001)
+    assert enh.working_shape(400, 600) is None
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_and_the_model_allow_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lowlight_cli import devices
+
+    cpu = torch.device("cpu")
+    chosen = ModelSpec(name="chosen", builder="x:y", bf16_safe=True, bf16_auto=True)
+    safe_only = ModelSpec(name="safe", builder="x:y", bf16_safe=True)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", chosen, cpu) == torch.bfloat16
+    assert resolve_precision("auto", safe_only, cpu) == torch.float32
+    assert resolve_precision("auto", chosen, torch.device("cuda")) == torch.float32
+    assert resolve_precision("fp32", chosen, cpu) == torch.float32  # an explicit choice wins
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", chosen, cpu) == torch.float32
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    enh = Enhancer(_toy(), spec=dataclasses.replace(TOY, bf16_safe=True, bf16_auto=True),
+                   device="cpu", precision="auto")  # fmt: skip
+    assert enh.precision == enh.backend.precision == "bf16"
+
+
+def test_every_model_that_picks_bf16_is_declared_bf16_safe() -> None:
+    for spec in MODELS.values():
+        assert spec.bf16_safe or not spec.bf16_auto, spec.name

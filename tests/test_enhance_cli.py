@@ -119,6 +119,10 @@ def test_input_is_never_the_output(cli, tmp_path: Path) -> None:
         (["--model", "gamma", "--format", "gif"], 2),
         (["--model", "gamma", "--format", "jpg", "--bit-depth", "16"], 2),
         (["--model", "clahe", "--precision", "fp16"], 5),
+        (["--model", "gamma", "--working-size", "big"], 2),
+        (["--model", "gamma", "--working-size", "-1"], 2),
+        (["--model", "gamma", "--working-size", "0.5", "--full-res"], 2),
+        (["--model", "gamma", "--precision", "fp8"], 2),
     ],
 )
 def test_bad_options_exit_codes(cli, tmp_path: Path, args: list[str], code: int) -> None:
@@ -233,3 +237,48 @@ def test_fresh_install_enhances_offline_with_bundled_weights(tmp_path: Path, mod
     assert out.shape == dark.shape
     assert out.mean() > dark.mean() + 30  # the trained weights really brighten
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+def test_the_fast_path_keeps_16_bits_alpha_and_colour_profile(cli, tmp_path: Path) -> None:
+    """An explicit working size puts even gamma on the fast path; the file side is unchanged."""
+    import tifffile
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:150, 0:200]
+    rgb = (3000 + 2000 * np.sin(xx / 9)[..., None] * np.cos(yy / 13)[..., None]
+           + rng.integers(0, 400, (150, 200, 3)))  # fmt: skip
+    alpha = rng.integers(0, 65536, (150, 200, 1))
+    src = np.concatenate([rgb, alpha], axis=2).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "dark.tif", src, photometric="rgb", extrasamples=[2],
+                     iccprofile=icc)  # fmt: skip
+    fast = cli(["enhance", str(tmp_path / "dark.tif"), "-m", "gamma", "--working-size", "0.01",
+                "--json"])  # fmt: skip
+    assert fast.exit_code == 0, fast.output
+    record = json.loads(fast.stdout)["files"][0]
+    assert record["path"] == "fast" and record["working_size"] == [115, 87]
+    assert record["precision"] == "fp32"
+    with tifffile.TiffFile(tmp_path / "dark_enhanced.tif") as tif:
+        page = tif.pages[0]
+        out = page.asarray()
+        assert page.tags[34675].value == icc
+    assert out.dtype == np.uint16 and out.shape == src.shape
+    assert np.array_equal(out[..., 3], src[..., 3])  # alpha passes through untouched
+    assert out[..., :3].mean() > 3 * src[..., :3].mean()
+    assert len(np.unique(out[..., 1])) > 256  # still 16-bit levels, not 8-bit ones
+    full = cli(["enhance", str(tmp_path / "dark.tif"), "-m", "gamma", "--full-res", "--json",
+                "--suffix", "_full"])  # fmt: skip
+    assert full.exit_code == 0, full.output
+    assert json.loads(full.stdout)["files"][0]["path"] == "full-res"
+
+
+def test_jpeg_keeps_exif_on_the_fast_path(cli, tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[271] = "TestCam"
+    src = tmp_path / "cam.jpg"
+    Image.fromarray(np.full((120, 160, 3), 30, np.uint8)).save(src, exif=exif.tobytes())
+    result = cli(["enhance", str(src), "-m", "gamma", "--working-size", "0.005"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "cam_enhanced.jpg") as out:
+        assert out.getexif().get(271) == "TestCam" and out.size == (160, 120)

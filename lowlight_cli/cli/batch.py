@@ -21,6 +21,7 @@ from lowlight_cli.cli.enhance import (
     BIT_DEPTH_OPTION,
     DEVICE_OPTION,
     FORMAT_OPTION,
+    FULL_RES_OPTION,
     JSON_OPTION,
     MODEL_OPTION,
     OVERLAP_OPTION,
@@ -31,9 +32,11 @@ from lowlight_cli.cli.enhance import (
     TILE_OPTION,
     UPSCALE_OPTION,
     WEIGHTS_OPTION,
+    WORKING_SIZE_OPTION,
     build_enhancer,
     check_model_options,
     check_output_options,
+    working_size_option,
 )
 from lowlight_cli.errors import BatchFailedError, LowlightError, UsageError
 
@@ -95,6 +98,8 @@ def batch(
     device: str = DEVICE_OPTION,
     precision: str = PRECISION_OPTION,
     backend: str = BACKEND_OPTION,
+    working_size: str | None = WORKING_SIZE_OPTION,
+    full_res: bool = FULL_RES_OPTION,
     tile: str = TILE_OPTION,
     tile_overlap: int = OVERLAP_OPTION,
     strength: float = STRENGTH_OPTION,
@@ -120,6 +125,7 @@ def batch(
         raise UsageError("an empty --suffix would write over the inputs", hint="pass -o DIR")
     fmt = check_output_options(fmt, bit_depth)
     check_model_options(model, tile, upscale)
+    working_size = working_size_option(working_size, full_res)
 
     inputs = find_images(
         folder, recursive=recursive, pattern=pattern, suffix=suffix, exclude=out_root
@@ -152,12 +158,14 @@ def batch(
             tile_overlap=tile_overlap,
             strength=strength,
             upscale=upscale,
+            working_size=working_size,
         )
         # Which backend/device/execution provider really ran (onnx may fall back to CPU).
         runtime = {
             "backend": enhancer.backend.name,
             "device": enhancer.backend.device,
             "provider": getattr(enhancer.backend, "provider", None),
+            "precision": enhancer.precision,
         }
         with sigterm_as_interrupt():
             results += _run(

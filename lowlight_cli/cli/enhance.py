@@ -25,6 +25,7 @@ from lowlight_cli.constants import (
     ENV_MODEL,
     ENV_PRECISION,
     ENV_TILE,
+    ENV_WORKING_SIZE,
 )
 from lowlight_cli.errors import ImageError, UsageError
 
@@ -44,7 +45,8 @@ PRECISION_OPTION = typer.Option(
     DEFAULT_PRECISION,
     "--precision",
     envvar=ENV_PRECISION,
-    help="fp32, fp16 (GPU) or bf16, where the model allows it.",
+    help="auto (bf16 on CPUs with native bf16 where the model stays within 40 dB of fp32, "
+    "else fp32), fp32, fp16 (GPU) or bf16, where the model allows it.",
 )
 BACKEND_OPTION = typer.Option(
     DEFAULT_BACKEND, "--backend", envvar=ENV_BACKEND, help="torch or onnx."
@@ -54,6 +56,19 @@ TILE_OPTION = typer.Option(
     "--tile",
     envvar=ENV_TILE,
     help="Tile side in pixels; 0 = whole image; auto = from free memory.",
+)
+WORKING_SIZE_OPTION = typer.Option(
+    None,
+    "--working-size",
+    envvar=ENV_WORKING_SIZE,
+    help="Megapixels the model works at; larger photos get its effect by edge-aware "
+    "upsampling. auto (default) = per device, full = every pixel.",
+    show_default=False,
+)
+FULL_RES_OPTION = typer.Option(
+    False,
+    "--full-res",
+    help="Run the model on every pixel (tiled): same as --working-size full; slow on a CPU.",
 )
 OVERLAP_OPTION = typer.Option(
     DEFAULT_TILE_OVERLAP, "--tile-overlap", min=0, help="Blend width between tiles (pixels)."
@@ -89,8 +104,12 @@ def build_enhancer(
     tile_overlap: int,
     strength: float,
     upscale: bool,
+    working_size: str | None = None,
 ) -> Enhancer:
-    """Create the engine from command-line values (heavy imports happen here, not at startup)."""
+    """Create the engine from command-line values (heavy imports happen here, not at startup).
+
+    ``working_size`` is what :func:`working_size_option` returns (None: the device's default).
+    """
     from lowlight_cli.engine import Enhancer
 
     return Enhancer.create(
@@ -103,7 +122,27 @@ def build_enhancer(
         tile_overlap=tile_overlap,
         strength=strength,
         upscale=upscale,
+        working_size=working_size,
     )
+
+
+def working_size_option(working_size: str | None, full_res: bool) -> str | None:
+    """One working size from ``--working-size`` and ``--full-res`` (validated; None: auto).
+
+    Raises:
+        UsageError: a bad size, or ``--full-res`` with a different ``--working-size``.
+    """
+    from lowlight_cli.engine import parse_working_size
+
+    size = parse_working_size(working_size)
+    if full_res:
+        if size not in (None, 0.0):
+            raise UsageError(
+                f"--full-res and --working-size {working_size} contradict each other",
+                hint="pass one of them",
+            )
+        return "full"
+    return working_size
 
 
 def check_output_options(fmt: str | None, bit_depth: int | None) -> str | None:
@@ -184,6 +223,8 @@ def enhance(
     device: str = DEVICE_OPTION,
     precision: str = PRECISION_OPTION,
     backend: str = BACKEND_OPTION,
+    working_size: str | None = WORKING_SIZE_OPTION,
+    full_res: bool = FULL_RES_OPTION,
     tile: str = TILE_OPTION,
     tile_overlap: int = OVERLAP_OPTION,
     strength: float = STRENGTH_OPTION,
@@ -211,6 +252,7 @@ def enhance(
         raise UsageError("-o - (stdout) takes exactly one input")
     fmt = check_output_options(fmt, bit_depth)
     check_model_options(model, tile, upscale)
+    working_size = working_size_option(working_size, full_res)
     plan = [(src, _destination(src, output, many=many, suffix=suffix, fmt=fmt)) for src in inputs]
     if as_json and any(dest == "-" for _, dest in plan):
         raise UsageError("--json and an image on stdout would mix", hint="write the image to -o")
@@ -230,6 +272,7 @@ def enhance(
         tile_overlap=tile_overlap,
         strength=strength,
         upscale=upscale,
+        working_size=working_size,
     )
     write_options = {
         "format": fmt,
@@ -277,6 +320,7 @@ def _enhance_one(
 
     started = time.perf_counter()
     photo = read_image(src)
+    small = enhancer.working_shape(photo.height, photo.width)
     if show_progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -302,6 +346,10 @@ def _enhance_one(
         "backend": enhancer.backend.name,
         "device": enhancer.backend.device,
         "provider": getattr(enhancer.backend, "provider", None),
+        "precision": enhancer.precision,
+        # "fast": the model ran at working_size [w, h] and was carried to full size.
+        "path": "full-res" if small is None else "fast",
+        "working_size": None if small is None else [small[1], small[0]],
         "size": [photo.width, photo.height],
         "output_size": [int(pixels.shape[1]), int(pixels.shape[0])],
         "seconds": round(seconds, 3),
