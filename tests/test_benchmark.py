@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from typer.testing import CliRunner
 from lowlight_cli import benchmarking as bm
 
 SPEED_FIELDS = {
-    "model", "backend", "device", "precision", "height", "width", "median_s", "p90_s",
-    "mp_per_s", "peak_mem_mb", "gflops_per_mp", "roofline_fraction",
+    "model", "backend", "device", "precision", "height", "width", "path", "working_size",
+    "median_s", "p90_s", "mp_per_s", "peak_mem_mb", "gflops_per_mp", "roofline_fraction",
 }  # fmt: skip
 MACHINE_FIELDS = {"cpu", "cores", "torch", "onnxruntime", "devices", "conv_gflops"}
 
@@ -72,7 +73,7 @@ def test_full_report_has_every_field(tmp_path: Path, in_process: list) -> None:
     out = tmp_path / "out"
     args = [
         "benchmark", "--data", str(data), "--models", "gamma,neid", "--device", "cpu",
-        "--weights", f"neid={weights}", "--sizes", "64x48", "--repeats", "2",
+        "--weights", f"neid={weights}", "--sizes", "64x48", "--repeats", "2", "--precision", "fp32",
         "--warmup", "0", "--json", str(out / "r.json"), "--markdown", str(out / "r.md"),
         "--plot", str(out / "r.png"), "--gallery", str(out / "gallery"),
     ]  # fmt: skip
@@ -98,7 +99,7 @@ def test_full_report_has_every_field(tmp_path: Path, in_process: list) -> None:
     assert all(r["weights"] == str(weights) for r in neid)  # the given file, not random weights
 
     md = (out / "r.md").read_text()
-    assert "| gamma |" in md and "| neid | torch | cpu | fp32 | 64x48 |" in md
+    assert "| gamma |" in md and "| neid | torch | cpu | fp32 | 64x48 | full-res |" in md
     with Image.open(out / "r.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     strips = sorted((out / "gallery").glob("*.jpg"))
@@ -107,6 +108,33 @@ def test_full_report_has_every_field(tmp_path: Path, in_process: list) -> None:
         # input, gamma, neid, ground truth: four panels of the 240-pixel-high thumbnails.
         assert strip.size[1] > bm.GALLERY_PANEL_HEIGHT
         assert strip.size[0] >= 4 * bm.GALLERY_PANEL_HEIGHT * 64 // 48
+
+
+def test_both_paths_are_timed_above_the_working_size(
+    monkeypatch: pytest.MonkeyPatch, in_process: list
+) -> None:
+    """Up to the working size one run (full-res); above it a fast and a full-res row each."""
+    from lowlight_cli.cli import app
+    from lowlight_cli.constants import DEFAULT_WORKING_SIZE_MP
+
+    monkeypatch.setitem(DEFAULT_WORKING_SIZE_MP, "cpu", 0.005)  # 100x50 = 0.005 MP
+    args = ["benchmark", "--speed-only", "--json", "-", "--models", "neid,gamma",
+            "--device", "cpu", "--precision", "fp32", "--sizes", "96x48,256x128",
+            "--repeats", "1", "--warmup", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {(r["model"], r["width"], r["path"]): r for r in json.loads(result.stdout)["speed"]}
+    # gamma (classical) always runs at full resolution, so it has no fast rows.
+    assert set(rows) == {("neid", 96, "full-res"), ("neid", 256, "fast"),
+                         ("neid", 256, "full-res"), ("gamma", 96, "full-res"),
+                         ("gamma", 256, "full-res")}  # fmt: skip
+    fast = rows[("neid", 256, "fast")]
+    assert fast["working_size"] == [100, 50] and fast["median_s"] > 0
+    assert rows[("neid", 256, "full-res")]["working_size"] is None
+    assert bm.path_label(fast) == "fast (100x50)"
+    # The roofline counts the model's work at the working size, not the photo's pixels.
+    achieved = fast["gflops_per_mp"] * 100 * 50 / 1e6 / fast["median_s"]
+    assert fast["achieved_gflops"] == pytest.approx(achieved, rel=1e-3)
 
 
 def test_bare_json_before_another_option_goes_to_stdout(tmp_path: Path, in_process: list) -> None:
@@ -173,7 +201,9 @@ def test_slow_configs_are_skipped_from_flops_or_a_measured_smaller_size() -> Non
         return {"median_s": 1.0, "p90_s": 1.2, "peak_mem_mb": 100.0, "runs": 3}
 
     def cfg(model: str, side: int) -> bm.SpeedConfig:
-        return bm.SpeedConfig(model, "torch", "cpu", "fp32", side, side, budget_s=20.0)
+        return bm.SpeedConfig(
+            model, "torch", "cpu", "fp32", side, side, budget_s=20.0, path="full-res"
+        )
 
     # "fast": 1 s at 0.01 MP -> 100 s at 0.1 MP (extrapolated): over budget.
     # "heavy": 10^6 GFLOP/MP at 100 GFLOP/s -> 100 s even at 0.01 MP: never run.
@@ -190,6 +220,22 @@ def test_slow_configs_are_skipped_from_flops_or_a_measured_smaller_size() -> Non
     for row in (rows[0], rows[2]):
         assert row["median_s"] is None and row["note"].startswith("skipped")
     assert rows[0]["estimated_s"] == pytest.approx(100.0)
+
+
+def test_fast_path_estimates_count_the_model_at_the_working_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lowlight_cli.constants import DEFAULT_WORKING_SIZE_MP
+
+    monkeypatch.setitem(DEFAULT_WORKING_SIZE_MP, "cpu", 0.5)
+    small = bm.SpeedConfig("neid", "torch", "cpu", "fp32", 400, 600, path="full-res")
+    big = bm.SpeedConfig("neid", "torch", "cpu", "fp32", 3000, 4000, path="fast")
+    assert bm.model_megapixels(big) == pytest.approx(0.5, rel=1e-2)
+    assert bm.model_megapixels(small) == pytest.approx(0.24)
+    est = bm.estimate_seconds(big, None, None, seconds_per_mp=2.0)
+    assert est == pytest.approx(2.0 * bm.model_megapixels(big) + bm.FAST_PATH_S_PER_MP * 12)
+    full = dataclasses.replace(big, path="full-res")
+    assert bm.estimate_seconds(full, None, None, seconds_per_mp=2.0) == pytest.approx(24.0)
 
 
 def test_parse_sizes() -> None:

@@ -48,7 +48,8 @@ class BenchmarkOptions:
     per_image: bool
     devices: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=lambda: ["torch"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    precisions: list[str] = field(default_factory=lambda: ["auto"])
+    paths: list[str] = field(default_factory=lambda: ["fast", "full-res"])
     sizes: list[tuple[int, int]] | None = None
     repeats: int | None = None
     warmup: int | None = None
@@ -149,11 +150,8 @@ def speed_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[st
         ``(rows, failures)``: one row per configuration (skipped ones carry a ``note``); one
         message per configuration whose worker failed.
     """
-    import torch
-
     from lowlight_cli import benchmarking as bm
     from lowlight_cli.cli._common import err_console, print_warning, progress_enabled
-    from lowlight_cli.devices import resolve_precision
     from lowlight_cli.registry import get_spec
 
     backends = []
@@ -173,33 +171,35 @@ def speed_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[st
         for precision in opts.precisions:
             for model in opts.models:
                 spec = get_spec(model)
-                try:
-                    resolve_precision(precision, spec, torch.device(device))
-                    usable = True
-                except LowlightError as err:
-                    usable, reason = False, err.message
                 for backend in backends:
+                    try:
+                        # Rows name the precision that runs ("auto" resolved, as enhance does).
+                        concrete = _concrete_precision(precision, spec, device, backend)
+                        usable = True
+                    except LowlightError as err:
+                        concrete, usable, reason = precision, False, err.message
                     for width, height in sizes:
-                        cfg = bm.SpeedConfig(
-                            model=model, backend=backend, device=device, precision=precision,
-                            height=height, width=width, repeats=repeats, warmup=warmup,
-                            budget_s=opts.budget_s, weights=opts.weights.get(model),
-                            random_if_missing=model not in opts.weights,
-                        )  # fmt: skip
-                        if usable:
-                            configs.append(cfg)
-                        else:
-                            pre_rows.append(bm.speed_row(cfg, {"note": f"skipped: {reason}"},
-                                                         None, None))  # fmt: skip
-    for device in opts.devices:
-        for precision in opts.precisions:
-            key = bm.roofline_key(device, precision)
-            if key in opts.conv_gflops:
-                continue
-            try:
-                opts.conv_gflops[key] = round(bm.measure_conv_gflops(device, precision), 2)
-            except RuntimeError as exc:  # e.g. a dtype this device has no conv kernel for
-                opts.notes.append(f"roofline {key} not measured: {str(exc).splitlines()[0]}")
+                        for path in _paths_at(opts.paths, spec, device, height, width):
+                            cfg = bm.SpeedConfig(
+                                model=model, backend=backend, device=device,
+                                precision=concrete, height=height, width=width,
+                                repeats=repeats, warmup=warmup, budget_s=opts.budget_s,
+                                weights=opts.weights.get(model),
+                                random_if_missing=model not in opts.weights, path=path,
+                            )  # fmt: skip
+                            if not usable:
+                                row = bm.speed_row(cfg, {"note": f"skipped: {reason}"}, None, None)
+                                pre_rows.append(row)
+                            elif cfg not in configs:  # "auto" may resolve to a listed one
+                                configs.append(cfg)
+    for device, precision in dict.fromkeys((c.device, c.precision) for c in configs):
+        key = bm.roofline_key(device, precision)
+        if key in opts.conv_gflops:
+            continue
+        try:
+            opts.conv_gflops[key] = round(bm.measure_conv_gflops(device, precision), 2)
+        except RuntimeError as exc:  # e.g. a dtype this device has no conv kernel for
+            opts.notes.append(f"roofline {key} not measured: {str(exc).splitlines()[0]}")
     gflops_mp: dict[str, float | None] = {}
     for model in dict.fromkeys(c.model for c in configs):
         gflops_mp[model] = bm.gflops_per_megapixel(model)
@@ -208,7 +208,8 @@ def speed_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[st
         if progress_enabled():
             err_console.print(
                 f"speed {row['model']} {row['backend']} {row['device']} {row['precision']} "
-                f"{row['width']}x{row['height']}: {row['median_s'] or row['note']}",
+                f"{row['width']}x{row['height']} {bm.path_label(row)}: "
+                f"{row['median_s'] or row['note']}",
                 markup=False,
             )
 
@@ -227,6 +228,33 @@ def speed_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[st
     for failure in failures:
         print_warning(failure)
     return pre_rows + rows, failures
+
+
+def _concrete_precision(precision: str, spec: Any, device: str, backend: str) -> str:
+    """``auto`` -> the precision ``lowlight enhance`` would run (others are checked as is).
+
+    Raises:
+        LowlightError: a precision the model or device cannot do.
+    """
+    import torch
+
+    from lowlight_cli.devices import resolve_precision
+
+    dtype = resolve_precision(precision, spec, torch.device(device))
+    if precision != "auto":
+        return precision
+    if backend != "torch":
+        return "fp32"  # the ONNX backend's "auto"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def _paths_at(paths: list[str], spec: Any, device: str, height: int, width: int) -> list[str]:
+    """The paths worth timing at one size: up to the working size both are the same run."""
+    from lowlight_cli.engine import default_working_size, shrunk_shape
+
+    if shrunk_shape(height, width, default_working_size(spec, device)) is not None:
+        return paths
+    return ["full-res"]
 
 
 SECTIONS: dict[str, Callable[[BenchmarkOptions], tuple[list[dict[str, Any]], list[str]]]] = {
@@ -278,15 +306,21 @@ def benchmark(
         "torch", "--backend", envvar=ENV_BACKEND, help="Speed: torch, onnx; comma-separated."
     ),
     precision: str = typer.Option(
-        "fp32",
+        "auto",
         "--precision",
         envvar=ENV_PRECISION,
-        help="Speed: fp32, fp16, bf16; comma-separated.",
+        help="Speed: auto (what enhance picks), fp32, fp16, bf16; comma-separated.",
+    ),
+    paths: str = typer.Option(
+        "fast,full-res",
+        "--paths",
+        help="Speed: fast (the working size, enhance's default), full-res (every pixel); "
+        "comma-separated. Up to the working size both are one run, shown as full-res.",
     ),
     sizes: str | None = typer.Option(
         None,
         "--sizes",
-        help="Speed: WIDTHxHEIGHT list (default: 600x400,2400x1600, plus 4000x3000 on GPUs).",
+        help="Speed: WIDTHxHEIGHT list (default: 600x400,2400x1600,4000x3000).",
     ),
     repeats: int | None = typer.Option(
         None, "--repeats", min=1, help="Speed: timed runs per config (default: 3 CPU, 10 GPU)."
@@ -332,6 +366,7 @@ def benchmark(
         per_image=per_image,
         backends=bm.parse_list(backend, allowed=BACKENDS, what="backend"),
         precisions=bm.parse_list(precision, allowed=PRECISIONS, what="precision"),
+        paths=bm.parse_list(paths, allowed=bm.PATHS, what="path"),
         sizes=bm.parse_sizes(sizes),
         repeats=repeats,
         warmup=warmup,
