@@ -28,8 +28,8 @@ ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings a
 # with blurred, colour-shifted output). Revisit when GPU-trained weights land (docs/models.md).
 DEFAULT_MODEL = "nrl"
 DEFAULT_DEVICE = "auto"
-# "auto": bf16 on CPUs with native bf16 for models whose output stays within 40 dB of fp32
-# (ModelSpec.bf16_auto), fp32 everywhere else (devices.resolve_precision).
+# "auto": bf16 where the CPU computes it faster than fp32 (AMX) for models whose output stays
+# within 40 dB of fp32 (ModelSpec.bf16_auto), fp32 everywhere else (devices.resolve_precision).
 DEFAULT_PRECISION = "auto"
 DEFAULT_BACKEND = "torch"
 DEFAULT_SUFFIX = "_enhanced"

@@ -75,7 +75,7 @@ def _mps_available() -> bool:
 def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``, if the model declares it safe.
 
-    ``auto`` is bf16 on a CPU with native bf16 (:func:`cpu_has_native_bf16`) for a model whose
+    ``auto`` is bf16 on a CPU where bf16 is faster (:func:`cpu_prefers_bf16`) for a model whose
     registry entry says its bf16 output stays within 40 dB of fp32 (``bf16_auto``), and fp32
     everywhere else: GPUs keep fp32 until half precision is measured there.
 
@@ -93,7 +93,7 @@ def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> 
     if text not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'", hint="choose auto, fp32, fp16 or bf16")
     if text == "auto":
-        if device.type == "cpu" and spec.bf16_auto and cpu_has_native_bf16():
+        if device.type == "cpu" and spec.bf16_auto and cpu_prefers_bf16():
             return torch.bfloat16
         return torch.float32
     if text == "fp32":
@@ -118,25 +118,23 @@ def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> 
     return torch.bfloat16
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this x86 CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX).
+def cpu_prefers_bf16() -> bool:
+    """True on CPUs whose bf16 convolutions run on matrix units (Intel AMX).
 
-    Elsewhere oneDNN emulates bf16 with fp32 instructions plus conversions, which saves memory
-    but not time, so ``--precision auto`` keeps fp32 there (Arm's BF16 is not measured yet).
+    AVX512-BF16 alone does not pay: on a 2-core Xeon with it (no AMX), every model ran slower
+    in bf16 than in fp32 at the fast path's working size (848x644: nrl 3.4 vs 2.3 s, neid 0.43 vs
+    0.28 s, frlie 1.39 vs 0.86 s, symnet 39 vs 30 s; docs/usage.md), so ``--precision auto``
+    keeps fp32 there, as on CPUs without bf16 at all (emulated). AMX CPUs are not measured yet.
     """
     import torch
 
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(cpu, probe, None)  # private helpers of torch.cpu (torch >= 2.1)
-        if check is None:
-            continue
-        try:
-            if check():
-                return True
-        except RuntimeError:  # pragma: no cover - a build without cpuinfo
-            continue
-    return False
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    if check is None:  # a torch without the probe (private helper of torch.cpu, >= 2.1)
+        return False
+    try:
+        return bool(check())
+    except RuntimeError:  # pragma: no cover - a build without cpuinfo
+        return False
 
 
 def available_memory(device: torch.device) -> int:

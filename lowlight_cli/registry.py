@@ -34,9 +34,10 @@ class ModelSpec:
         supports_tiling: the model may be run on overlapping tiles.
         fp16_safe: half precision gives results within tolerance of fp32.
         bf16_safe: bfloat16 likewise.
-        bf16_auto: ``--precision auto`` may pick bf16 (on CPUs with native bf16): with the
-            shipped weights the bf16 output stays within 40 dB PSNR of fp32 (measured on LOL
-            frames, checked by tests/test_registry.py). Implies ``bf16_safe``.
+        bf16_auto: ``--precision auto`` may pick bf16 (on CPUs where bf16 is faster, see
+            :func:`lowlight_cli.devices.cpu_prefers_bf16`): with the shipped weights the bf16
+            output stays within 40 dB PSNR of fp32 on LOL frames (docs/scripts/measure_bf16.py,
+            checked by tests/test_registry.py). Implies ``bf16_safe``.
         scale: output size / input size.
         default_weights: weights id in ``weights_manifest.json`` (None: no weights needed).
         exportable: can be exported to ONNX.
@@ -76,6 +77,8 @@ MODELS: dict[str, ModelSpec] = {
         # stay within 2e-3 of fp32 (tests/test_models_symnet.py).
         fp16_safe=True,
         bf16_safe=True,
+        # bf16 vs fp32 on LOL eval15 with the CPU preview weights: 53.6 dB (worst of 5 frames).
+        bf16_auto=True,
         default_weights="symnet.lol",
         # Exact receptive radius: 2 (E) + 8 blocks x 2 Ts x (2 + 2 x 3 rounds) + 2 (D).
         receptive_margin=132,
@@ -90,6 +93,7 @@ MODELS: dict[str, ModelSpec] = {
         # with fp32 (tests/test_models_nrl.py).
         fp16_safe=True,
         bf16_safe=True,
+        bf16_auto=True,  # 56.1 dB worst of the 15 eval15 frames (shipped weights)
         default_weights="nrl.lol",
         # Exact receptive radius: 2 + 2 (FMSB 5x5s) + 6 steps x 2 (3x3s) + 1 (reconstruction).
         receptive_margin=17,
@@ -112,6 +116,7 @@ MODELS: dict[str, ModelSpec] = {
         size_multiple=16,  # 2 (bicubic x0.5 first) * 2**depth (U-Net max-pools)
         fp16_safe=True,
         bf16_safe=True,
+        bf16_auto=True,  # 56.8 dB worst of the 15 eval15 frames (shipped weights)
         default_weights="neid.lol",
         receptive_margin=64,
     ),

@@ -490,14 +490,14 @@ def test_precision_auto_is_bf16_only_where_the_cpu_and_the_model_allow_it(
     cpu = torch.device("cpu")
     chosen = ModelSpec(name="chosen", builder="x:y", bf16_safe=True, bf16_auto=True)
     safe_only = ModelSpec(name="safe", builder="x:y", bf16_safe=True)
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: True)
     assert resolve_precision("auto", chosen, cpu) == torch.bfloat16
     assert resolve_precision("auto", safe_only, cpu) == torch.float32
     assert resolve_precision("auto", chosen, torch.device("cuda")) == torch.float32
     assert resolve_precision("fp32", chosen, cpu) == torch.float32  # an explicit choice wins
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: False)
     assert resolve_precision("auto", chosen, cpu) == torch.float32
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: True)
     enh = Enhancer(_toy(), spec=dataclasses.replace(TOY, bf16_safe=True, bf16_auto=True),
                    device="cpu", precision="auto")  # fmt: skip
     assert enh.precision == enh.backend.precision == "bf16"

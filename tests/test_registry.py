@@ -169,3 +169,42 @@ def test_declared_half_precisions_stay_close_to_fp32(name, dtype, flag, min_db):
             pytest.skip(f"{dtype} not runnable on this CPU build: {exc}")
     assert half.dtype == dtype
     assert _relative_psnr(half.float(), ref) >= min_db
+
+
+def _shipped_model(name: str) -> torch.nn.Module:
+    """The model with its default weights, or its bundled preview while it has none."""
+    from pathlib import Path
+
+    from lowlight_cli.errors import NoDefaultWeightsError
+
+    try:
+        return registry.load_model(name)
+    except NoDefaultWeightsError:
+        bundled = Path(registry.__file__).parent / "bundled"
+        previews = sorted(bundled.glob(f"{name}.*.safetensors"))
+        if not previews:
+            pytest.skip(f"{name} has neither default nor bundled weights")
+        return registry.load_model(name, previews[0].name.removesuffix(".safetensors"))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", [n for n, s in registry.MODELS.items() if s.bf16_auto])
+def test_models_that_may_pick_bf16_stay_within_40_db_of_fp32(name):
+    """--precision auto may run these in bf16: with their shipped weights, on a real LOL frame,
+    bf16 must stay within 40 dB of fp32 (new weights that break it must clear bf16_auto)."""
+    import cv2
+    from conftest import shared_path
+
+    from lowlight_cli.image_io import read_image
+
+    frame = read_image(shared_path("lol", "eval15", "low", "1.png")).pixels
+    small = cv2.resize(frame, (150, 100), interpolation=cv2.INTER_AREA)  # a few seconds each
+    spec = registry.get_spec(name)
+    assert spec.bf16_safe
+    model = _shipped_model(name)
+    x = torch.from_numpy(small).permute(2, 0, 1)[None].contiguous()
+    with torch.inference_mode():
+        ref = _pad_run_crop(model, spec, x).clamp(0, 1)
+        half = _pad_run_crop(model.to(torch.bfloat16), spec, x.to(torch.bfloat16))
+    mse = (half.float().clamp(0, 1) - ref).pow(2).mean().item()
+    assert 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item() >= 40.0
