@@ -36,6 +36,18 @@ if TYPE_CHECKING:  # pragma: no cover
 CONTEXT_LONG_SIDE = 1024
 # ...and its area at most max(tile area, this), so it never needs more memory than a tile.
 CONTEXT_MIN_AREA = 256 * 256
+# On the CPU the fast path's model pass runs whole (tiles would re-run symnet's 132 px margins
+# and a context pass: 4x the time at 0.5 MP), within this much memory, so a 12 MP photo stays
+# under 2 GB peak in all (decoded photo, float32 input and output: ~0.9 GB with torch). A model
+# whose pass at the default working size would need more gets a smaller working size.
+CPU_WORKING_PASS_CAP = 900 * 1024**2
+# Peak bytes per pixel of one whole pass through the engine (the model plus the engine's
+# buffers and the heap it keeps), measured at 632x476 and 848x644 in fresh processes on the CPU,
+# fp32, the larger rounded up; nrl's is twice its bare-model figure in BYTES_PER_PIXEL.
+WORKING_BYTES_PER_PIXEL: dict[str, int] = {"symnet": 3400, "nrl": 3000, "frlie": 1150, "neid": 550}
+# Share of the cap's pixels the photo itself may use: the mirrored border and the padding to
+# the size multiple take the rest (a 4:3 photo at 0.27 MP gains 12 % in its frame).
+WORKING_AREA_SHARE = 0.85
 # Mirrored border (working-size pixels) around the shrunk photo on the fast path: the
 # outermost rows of every model's output differ from what it gives with more context (by up to
 # 0.2 in the first row, settling within 5-10 rows; docs/usage.md).
@@ -412,12 +424,19 @@ class Enhancer:
 def default_working_size(spec: ModelSpec, device: str) -> float:
     """Megapixels model ``spec`` works at by default on ``device`` (0: full resolution).
 
+    The device's :data:`~lowlight_cli.constants.DEFAULT_WORKING_SIZE_MP`, on the CPU at most
+    what one whole pass fits in :data:`CPU_WORKING_PASS_CAP` (symnet 0.24 MP, nrl 0.27 MP).
     Classical models cost little per pixel, so there is no reason to approximate them.
     """
     if spec.kind != "neural":
         return 0.0
     kind = device.split(":", 1)[0]
-    return DEFAULT_WORKING_SIZE_MP.get(kind, DEFAULT_WORKING_SIZE_MP["cpu"])
+    megapixels = DEFAULT_WORKING_SIZE_MP.get(kind, DEFAULT_WORKING_SIZE_MP["cpu"])
+    if kind == "cpu":
+        per_pixel = WORKING_BYTES_PER_PIXEL.get(spec.name, DEFAULT_BYTES_PER_PIXEL)
+        fits = CPU_WORKING_PASS_CAP / per_pixel * WORKING_AREA_SHARE / 1e6
+        megapixels = min(megapixels, round(fits, 2))
+    return megapixels
 
 
 def shrunk_shape(height: int, width: int, megapixels: float) -> tuple[int, int] | None:

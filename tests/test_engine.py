@@ -466,13 +466,25 @@ def test_fast_path_strength_blends_like_the_full_path() -> None:
 def test_default_working_size_per_device_and_model_kind() -> None:
     from lowlight_cli.constants import DEFAULT_WORKING_SIZE_MP
 
-    neural = Enhancer(_toy(), spec=TOY, device="cpu")
-    assert neural.default_working_size() == DEFAULT_WORKING_SIZE_MP["cpu"] > 0
+    cpu = DEFAULT_WORKING_SIZE_MP["cpu"]
+    assert engine_module.default_working_size(get_spec("neid"), "cpu") == cpu > 0
     assert engine_module.default_working_size(TOY, "cuda:1") == DEFAULT_WORKING_SIZE_MP["cuda"]
     assert engine_module.default_working_size(get_spec("gamma"), "cpu") == 0.0  # cheap: full-res
-    big = int(4 * DEFAULT_WORKING_SIZE_MP["cpu"] * 1e6)
-    h, w = neural.working_shape(big // 1000, 1000)
-    assert abs(h * w - DEFAULT_WORKING_SIZE_MP["cpu"] * 1e6) < h + w and w == 500
+    # On the CPU a model whose whole pass would not fit the cap works smaller, and then fits it
+    # (with its mirrored border) as one pass: no tiles at the working size.
+    for name in ("nrl", "symnet"):
+        spec = get_spec(name)
+        megapixels = engine_module.default_working_size(spec, "cpu")
+        assert 0.2 < megapixels < cpu
+        h, w = engine_module.shrunk_shape(3024, 4032, megapixels)
+        border = 2 * engine_module.WORKING_BORDER
+        framed = (h + border) * (w + border) * engine_module.WORKING_BYTES_PER_PIXEL[name]
+        assert framed <= engine_module.CPU_WORKING_PASS_CAP
+    neural = Enhancer(_toy(), spec=TOY, device="cpu")
+    assert neural.default_working_size() == engine_module.default_working_size(TOY, "cpu")
+    big = int(4 * cpu * 1e6)
+    h, w = engine_module.shrunk_shape(big // 1000, 1000, cpu)
+    assert abs(h * w - cpu * 1e6) < h + w and w == 500
 
 
 def test_upscale_always_runs_at_full_resolution() -> None:
