@@ -461,7 +461,7 @@ def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
 
 _HELD_SCRIPT = """
 import os, torch
-from lowlight_cli.training.loop import _all_reduce
+from lowlight_cli.training.distributed import _all_reduce
 torch.distributed.init_process_group("gloo")
 held = 0
 for i in range(200):

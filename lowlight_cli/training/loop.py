@@ -6,10 +6,8 @@ Exact resume: the batch of step ``k`` is a pure function of ``(seed, k)`` (see
 scaler, ``k`` and the RNG states; N steps straight equal N/2 + resume + N/2 bit for bit.
 
 Multi-GPU: under ``torchrun`` (``WORLD_SIZE > 1``) every process takes its share of each global
-batch and gradients are averaged with ``all_reduce`` before the optimiser step. This is what
-DistributedDataParallel does, done by hand because the models train through methods other than
-``forward`` (symnet's ``inverse``, neid's ``forward_train``, frlie's ``encode``/``restore``), which
-DDP's hooks would not see.
+batch and gradients are averaged before the optimiser step (:mod:`.distributed`). What each model
+computes per step lives in :mod:`.tasks`; the run's settings in :mod:`.config`.
 """
 
 from __future__ import annotations
@@ -21,16 +19,15 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lowlight_cli.errors import ResourceError, UsageError, WeightsError
+from lowlight_cli.errors import UsageError
 from lowlight_cli.training.checkpoint import (
     CHECKPOINT_VERSION,
     atomic_torch_save,
@@ -39,469 +36,38 @@ from lowlight_cli.training.checkpoint import (
     save_fp16_safetensors,
     set_rng_state,
 )
-from lowlight_cli.training.data import Augment, Batch, PairedImages, RunData, build_run_data
+from lowlight_cli.training.config import Reporter, TrainConfig, TrainResult
+from lowlight_cli.training.data import Augment, PairedImages, build_run_data
+from lowlight_cli.training.distributed import (
+    _all_agree,
+    _average_gradients,
+    _Dist,
+    _init_distributed,
+)
+from lowlight_cli.training.precision import _Amp, resolve_amp, resolve_device
 from lowlight_cli.training.recipes import RECIPES, Recipe, Schedule, default_recipe
+from lowlight_cli.training.tasks import TASKS, Task
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS_LOG",
+    "METRICS_PLOT",
+    "Reporter",
+    "TrainConfig",
+    "TrainResult",
+    "export_checkpoint",
+    "plot_metrics",
+    "resolve_amp",
+    "resolve_device",
+    "train",
+    "validate",
+]
 
 METRICS_LOG = "metrics.jsonl"
 METRICS_PLOT = "metrics.png"
 LAST = "last.pt"
 BEST = "best.pt"
-
-
-# ---- configuration and reporting ---------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """One training run (the ``lowlight train`` flags).
-
-    Attributes:
-        model: registry name.
-        dataset: ``lol``, ``pairs`` or ``synthetic``.
-        data: dataset folder.
-        val: validation pairs folder (``lol``: ``eval15`` by default).
-        recipe: the recipe (None: the paper's, :func:`default_recipe`).
-        steps: total optimiser steps (milestones scale; see recipes).
-        epochs: total epochs instead of steps.
-        out: run folder (checkpoints, metrics log and plot, exported weights).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
-        precision: ``auto`` (AMP on CUDA: bf16 if supported else fp16; fp32 elsewhere),
-            ``fp32``, ``fp16``, ``bf16``.
-        seed: seeds the data sampling and the initial weights.
-        resume: checkpoint to continue from (its recipe and schedule are used).
-        init: weights to start from (frlie stage 2: a stage-1 checkpoint, exported file, or the
-            authors' ``weights_reconstruct.pth``).
-        vgg: VGG-16 weights (symnet encoder, nrl perceptual loss).
-        workers: image-decoding threads.
-        threads: ``torch.set_num_threads`` (None: leave torch's default).
-        stop_at: end this invocation after this step (checkpointed), leaving the schedule as is.
-        time_limit: end this invocation once this many seconds have passed since ``train`` was
-            called: the step under way finishes, is validated (when there is validation data)
-            and checkpointed, and the schedule is left as is, so ``--resume`` continues it.
-        channels_last: NHWC memory format (faster convolutions on some CPUs and GPUs).
-        val_every: validate every N steps instead of the recipe's (also when resuming: how often
-            a run is validated does not change its training).
-        log_every: log every N steps instead of the recipe's (also when resuming).
-    """
-
-    model: str
-    dataset: str = "lol"
-    data: Path | None = None
-    val: Path | None = None
-    recipe: Recipe | None = None
-    steps: int | None = None
-    epochs: float | None = None
-    out: Path = Path("runs")
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    resume: Path | None = None
-    init: Path | None = None
-    vgg: Path | None = None
-    workers: int = 2
-    threads: int | None = None
-    stop_at: int | None = None
-    time_limit: float | None = None
-    channels_last: bool = False
-    val_every: int | None = None
-    log_every: int | None = None
-
-
-class Reporter:
-    """Receives progress events; the CLI prints them, the library stays silent."""
-
-    def start(self, info: dict[str, Any]) -> None:
-        """Before step 0 (or the resumed step): recipe, schedule, data, device."""
-
-    def step(self, step: int, total: int, logs: dict[str, float]) -> None:
-        """After each optimiser step (``step`` counts completed steps)."""
-
-    def validation(self, step: int, scores: dict[str, float], best: bool) -> None:
-        """After each validation."""
-
-    def message(self, text: str) -> None:
-        """A one-line note (checkpoint written, interrupted, ...)."""
-
-    def close(self) -> None:
-        """The run has ended (normally or not)."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run produced."""
-
-    out: Path
-    step: int
-    total_steps: int
-    best: dict[str, Any] | None
-    last_checkpoint: Path
-    best_checkpoint: Path | None
-    finished: bool
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ---- devices, precision, distribution ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owned: bool = False  # this process group was started by train(), which shuts it down
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_name: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return _Dist(world, rank, local, owned)
-
-
-def resolve_device(name: str, dist: _Dist | None = None) -> torch.device:
-    """``auto`` -> cuda (this process's GPU under torchrun), mps, or cpu.
-
-    Raises:
-        ResourceError: the requested device is not available.
-    """
-    dist = dist or _Dist()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ResourceError("CUDA was requested but is not available", hint="use --device cpu")
-        if name == "cuda":
-            return torch.device("cuda", dist.local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ResourceError("MPS was requested but is not available", hint="use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"unknown device '{name}'", hint="auto, cpu, cuda, cuda:N, mps") from err
-
-
-def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
-
-    Raises:
-        ResourceError: half precision asked for where it is not supported.
-    """
-    if precision in ("auto", "fp32"):
-        if precision == "auto" and device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if precision not in ("fp16", "bf16"):
-        raise UsageError(f"unknown precision '{precision}'", hint="auto, fp32, fp16, bf16")
-    if device.type != "cuda":
-        raise ResourceError(
-            f"mixed-precision training ({precision}) needs CUDA", hint="use --precision fp32"
-        )
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ResourceError("this GPU has no bfloat16", hint="use --precision fp16")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-# ---- per-model tasks ---------------------------------------------------------------------------
-
-
-class Task:
-    """How one model trains: setup before step 0, the loss, extra networks, what to validate.
-
-    The generic task trains ``model(low) ~ high`` with the recipe's ``l1``/``l2`` loss; it
-    serves models without a paper recipe (e.g. test stand-ins).
-    """
-
-    def __init__(self, model: nn.Module, recipe: Recipe, cfg: TrainConfig, device: torch.device):
-        self.model = model
-        self.recipe = recipe
-        self.cfg = cfg
-        self.device = device
-        # Processes under torchrun: auxiliary optimisers average their gradients over them.
-        self.world = 1
-        # The schedule's learning rate of the current step (auxiliary optimisers follow it).
-        self.lr = recipe.lr
-
-    def prepare(self, data: RunData, reporter: Reporter) -> dict[str, Any]:
-        """One-time setup of a fresh run (not on resume: the checkpoint holds its results)."""
-        return {}
-
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        pred = self.model(batch.low)
-        if self.recipe.loss == "l1":
-            loss = F.l1_loss(pred.float(), batch.high)
-        else:
-            loss = F.mse_loss(pred.float(), batch.high)
-        return loss, {}
-
-    def aux_step(self, batch: Batch, amp: _Amp) -> dict[str, float]:
-        """A second optimiser (a discriminator) after the model's step; none by default."""
-        return {}
-
-    def eval_module(self) -> nn.Module:
-        """The image -> image module validation runs on whole images."""
-        return self.model
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
-
-
-def _resolve_vgg_path(cfg: TrainConfig) -> Path:
-    from lowlight_cli.constants import ENV_VGG16_PATH
-
-    if cfg.vgg is not None:
-        return Path(cfg.vgg)
-    env = os.environ.get(ENV_VGG16_PATH)
-    if env:
-        return Path(env)
-    try:
-        from lowlight_cli.weights import resolve_vgg16
-    except ImportError as err:  # weights.py is optional for a training-only checkout
-        raise WeightsError(
-            "no VGG-16 weights given", hint=f"pass --vgg PATH or set {ENV_VGG16_PATH}"
-        ) from err
-    return Path(resolve_vgg16())
-
-
-class SymNetTask(Task):
-    """symnet: L2 forward (low->high) + L2 backward (high->low) through the invertible IFT.
-
-    Before step 0 the frozen encoder/decoder kernels are set from VGG-16 ``conv1_1``/``conv1_2``
-    (``--vgg``, ``LOWLIGHT_VGG16_PATH``, or the weights cache); they are buffers of the model, so
-    checkpoints and exported weights carry them.
-    """
-
-    def prepare(self, data: RunData, reporter: Reporter) -> dict[str, Any]:
-        from lowlight_cli.models.vgg import load_vgg16_state, vgg16_conv1_for_symnet
-
-        path = _resolve_vgg_path(self.cfg)
-        w1, w2 = vgg16_conv1_for_symnet(load_vgg16_state(path))
-        self.model.set_vgg_weights(w1.to(self.device), w2.to(self.device))
-        return {"vgg": str(path)}
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from lowlight_cli.training.losses import symnet_loss
-
-        r = self.recipe
-        total, parts = symnet_loss(
-            self.model,
-            batch.low,
-            batch.high,
-            w_forward=r.forward_weight,  # type: ignore[attr-defined]
-            w_backward=r.backward_weight,  # type: ignore[attr-defined]
-        )
-        return total, {f"l2_{k}": float(v.detach()) for k, v in parts.items()}
-
-
-class NRLTask(Task):
-    """nrl: lambda from the training set (eq. 6), then MSE + DPL + adversarial with a
-    discriminator trained alongside (its own Adam, same settings and schedule)."""
-
-    def __init__(self, model: nn.Module, recipe: Recipe, cfg: TrainConfig, device: torch.device):
-        super().__init__(model, recipe, cfg, device)
-        from lowlight_cli.models.nrl import NRLDiscriminator
-
-        self.disc = NRLDiscriminator().to(device).train()
-        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=recipe.lr, betas=recipe.betas)
-        self.disc_scaler: torch.amp.GradScaler | None = None
-        self.vgg: nn.Module | None = None
-        self._fake: torch.Tensor | None = None
-
-    def _features(self) -> nn.Module:
-        if self.vgg is None:
-            from lowlight_cli.models.vgg import load_vgg16_features
-
-            self.vgg = load_vgg16_features(_resolve_vgg_path(self.cfg)).to(self.device)
-        return self.vgg
-
-    def prepare(self, data: RunData, reporter: Reporter) -> dict[str, Any]:
-        from lowlight_cli.models.nrl import estimate_lambda
-
-        r = self.recipe
-        n = int(r.lambda_patches)  # type: ignore[attr-defined]
-        chunk = 64
-        aug = Augment(patch=r.patch, hflip=False, vflip=False, rot90=False)
-        # A seed stream of its own, so estimating lambda does not shift the training batches.
-        batches = [
-            data.train.sample(self.cfg.seed + 104_729, k, min(chunk, n - k * chunk), aug)
-            for k in range(math.ceil(n / chunk))
-        ]
-        lam = estimate_lambda([b.low for b in batches], [b.high for b in batches])
-        self.model.set_lambda(lam)
-        return {"lambda": lam, "lambda_patches": n, "vgg": str(_resolve_vgg_path(self.cfg))}
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from lowlight_cli.training.losses import nrl_loss
-
-        r = self.recipe
-        pred = self.model(batch.low)
-        self.disc.requires_grad_(False)  # the generator's step must not train D
-        logits = self.disc(pred) if r.adv_weight else None  # type: ignore[attr-defined]
-        self.disc.requires_grad_(True)
-        total, parts = nrl_loss(
-            pred.float(),
-            batch.high,
-            self._features(),
-            logits,
-            w_perceptual=r.dpl_weight,  # type: ignore[attr-defined]
-            w_adv=r.adv_weight,  # type: ignore[attr-defined]
-        )
-        self._fake = pred.detach()
-        return total, {k: float(v.detach()) for k, v in parts.items()}
-
-    def aux_step(self, batch: Batch, amp: _Amp) -> dict[str, float]:
-        from lowlight_cli.training.losses import discriminator_adversarial_loss
-
-        if not self.recipe.adv_weight or self._fake is None:  # type: ignore[attr-defined]
-            return {}
-        if self.disc_scaler is None:
-            self.disc_scaler = torch.amp.GradScaler("cuda", enabled=amp.scaler.is_enabled())
-        for group in self.disc_opt.param_groups:
-            group["lr"] = self.lr
-        with amp.autocast():
-            loss = discriminator_adversarial_loss(self.disc(batch.high), self.disc(self._fake))
-        self.disc_opt.zero_grad(set_to_none=True)
-        self.disc_scaler.scale(loss).backward()
-        _average_gradients(list(self.disc.parameters()), self.world)
-        self.disc_scaler.step(self.disc_opt)
-        self.disc_scaler.update()
-        self._fake = None
-        return {"disc": float(loss.detach())}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "disc": self.disc.state_dict(),
-            "disc_opt": self.disc_opt.state_dict(),
-            "disc_scaler": self.disc_scaler.state_dict() if self.disc_scaler else None,
-        }
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
-        self.disc.load_state_dict(state["disc"])
-        self.disc_opt.load_state_dict(state["disc_opt"])
-        if state.get("disc_scaler"):
-            self.disc_scaler = torch.amp.GradScaler("cuda")
-            self.disc_scaler.load_state_dict(state["disc_scaler"])
-
-
-class _Reconstructor(nn.Module):
-    """frlie stage 1 as an image -> image module: ``D(E(x))``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(self.model.encode(x))
-
-
-class FRLIETask(Task):
-    """frlie: stage 1 trains E and D to reconstruct normal-light images (L2); stage 2 freezes
-    them (BN statistics included) and trains FRNet with the paper's stage-2 loss."""
-
-    def __init__(self, model: nn.Module, recipe: Recipe, cfg: TrainConfig, device: torch.device):
-        super().__init__(model, recipe, cfg, device)
-        if recipe.stage not in (1, 2):
-            raise UsageError(f"frlie has stages 1 and 2, not {recipe.stage}")
-        frozen = (model.frnet,) if recipe.stage == 1 else (model.encoder, model.decoder)
-        for part in frozen:
-            part.requires_grad_(False)
-
-    def prepare(self, data: RunData, reporter: Reporter) -> dict[str, Any]:
-        if self.recipe.stage == 2 and self.cfg.init is None:
-            raise UsageError(
-                "frlie stage 2 needs a trained reconstructor",
-                hint="run --stage 1 first and pass --init runs/frlie-stage1/best.pt "
-                "(or the authors' weights_reconstruct.pth)",
-            )
-        return {}
-
-    def _freeze_modes(self) -> None:
-        # Frozen parts must also keep their BatchNorm running statistics.
-        if self.recipe.stage == 1:
-            self.model.frnet.eval()
-        else:
-            self.model.encoder.eval()
-            self.model.decoder.eval()
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from lowlight_cli.training.losses import frlie_stage1_loss, frlie_stage2_loss
-
-        self._freeze_modes()
-        if self.recipe.stage == 1:
-            recon = self.model.decode(self.model.encode(batch.high))
-            return frlie_stage1_loss(recon.float(), batch.high), {}
-
-        with torch.no_grad():
-            target_features = self.model.encode(batch.high)
-        restored = self.model.restore(self.model.encode(batch.low))
-        pred = self.model.decode(restored)
-        total, parts = frlie_stage2_loss(
-            pred.float(), batch.high, restored.float(), target_features.float()
-        )
-        return total, {k: float(v.detach()) for k, v in parts.items()}
-
-    def eval_module(self) -> nn.Module:
-        return _Reconstructor(self.model) if self.recipe.stage == 1 else self.model
-
-
-class NEIDTask(Task):
-    """neid: ``forward_train`` on the x2-downsampled input; LE image + DR image + HSV terms."""
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from lowlight_cli.training.losses import neid_loss
-
-        le, dr = self.model.forward_train(batch.low)
-        total, parts = neid_loss(le.float(), dr.float(), batch.high)
-        return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-TASKS: dict[str, type[Task]] = {
-    "symnet": SymNetTask,
-    "nrl": NRLTask,
-    "frlie": FRLIETask,
-    "neid": NEIDTask,
-}
-
-
-# ---- AMP helper --------------------------------------------------------------------------------
-
-
-class _Amp:
-    def __init__(self, dtype: torch.dtype | None, device: torch.device) -> None:
-        self.dtype = dtype
-        self.device = device
-        # GradScaler only for fp16: bf16 has fp32's range.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -515,58 +81,6 @@ def _recipe_from_dict(d: dict[str, Any]) -> Recipe:
         if key in kwargs and isinstance(kwargs[key], list):
             kwargs[key] = tuple(kwargs[key])
     return cls(**kwargs)
-
-
-# How long _all_reduce waits for gloo's worker to let go of a tensor (it takes ~0.1 ms).
-_RELEASE_WAIT_S = 1.0
-
-
-def _all_reduce(tensor: torch.Tensor, *, maximum: bool = False) -> None:
-    """``all_reduce`` (sum or max) that returns once the backend holds no reference to ``tensor``.
-
-    gloo wakes the caller before its worker thread drops its own references to the tensor: in
-    5-55 % of calls the worker still held them when ``all_reduce`` returned (2 processes,
-    2-core CPU), for about 0.1 ms. If Python has let go by then, the worker has to take the
-    GIL to free the tensor, and when that happens while the interpreter is shutting down the
-    process aborts ("terminate called without an active exception", a SIGABRT after a
-    finished run; pytorch/pytorch#190489). Waiting the fraction of a millisecond here means the
-    tensor is always freed by Python. CUDA tensors (NCCL) are left to the backend: its watchdog
-    frees them, and ``destroy_process_group`` in :func:`train` stops it.
-    """
-    import torch.distributed as dist
-
-    op = dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM
-    dist.all_reduce(tensor, op=op)
-    if tensor.device.type != "cpu" or not hasattr(tensor, "_use_count"):
-        return
-    deadline = time.monotonic() + _RELEASE_WAIT_S
-    while tensor._use_count() > 1 and time.monotonic() < deadline:
-        time.sleep(1e-4)
-
-
-def _average_gradients(params: list[nn.Parameter], world: int) -> None:
-    if world <= 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    _all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
-
-
-def _all_agree(local: bool, world: int, device: torch.device) -> bool:
-    """True when any process says so (one ``all_reduce``): every rank must stop at one step."""
-    if world <= 1:
-        return local
-    flag = torch.tensor([1.0 if local else 0.0], device=device)
-    _all_reduce(flag, maximum=True)
-    return bool(flag.item() > 0)
 
 
 class _Ema:
@@ -713,7 +227,7 @@ def train(
         if dist.owned:
             # As torch.distributed asks of every program that starts a group (NCCL warns and
             # can leak otherwise). With gloo this does not by itself stop the worker threads
-            # (something in torch 2.13 keeps the group alive); see _all_reduce for the rest.
+            # (something in torch 2.13 keeps the group alive); see distributed._all_reduce.
             import torch.distributed
 
             torch.distributed.destroy_process_group()
