@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lowlight_cli import __version__
-from lowlight_cli.constants import APP_NAME, ENV_WEIGHTS_URL
+from lowlight_cli.constants import APP_NAME, ENV_WEIGHTS_URL, VERSION
 from lowlight_cli.errors import WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,7 +211,7 @@ def download_file(
             return dest  # another process finished it while we waited for the lock
         failures: list[str] = []
         with _progress(dest.name, size, options) as advance, requests.Session() as session:
-            session.headers["User-Agent"] = f"{APP_NAME}/{__version__}"
+            session.headers["User-Agent"] = f"{APP_NAME}/{VERSION}"
             for url in urls:
                 error = _try_url(session, url, part, size, options, advance)
                 if error is None:
