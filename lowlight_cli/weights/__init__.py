@@ -41,6 +41,7 @@ from lowlight_cli.weights.manifest import (
     parse_manifest,
 )
 from lowlight_cli.weights.resolve import (
+    ModelRef,
     default_weights_id,
     download_entry,
     fetch,
@@ -68,6 +69,7 @@ __all__ = [
     "CacheSubset",
     "DownloadOptions",
     "Manifest",
+    "ModelRef",
     "WeightsEntry",
     "bundled_dir",
     "cache_dir",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lowlight_cli.constants import ENV_OFFLINE, ENV_VGG16_PATH, ENV_WEIGHTS_URL
 from lowlight_cli.errors import NoDefaultWeightsError, WeightsError
@@ -25,8 +25,19 @@ from lowlight_cli.weights.manifest import FORMATS, VGG16_ID, Manifest, WeightsEn
 from lowlight_cli.weights.state import _save_safetensors, read_state_dict
 from lowlight_cli.weights.store import bundled_dir, cache_dir, download_urls, is_offline, local_path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lowlight_cli.registry import ModelSpec
+
+class ModelRef(Protocol):
+    """What the weights need to know of a model; a registry ``ModelSpec`` is one.
+
+    The weights sit below the registry (``registry.load_model`` loads through them), so they
+    name a model by its fields instead of importing its type.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_weights(self) -> str | None: ...
 
 
 def _missing_offline(entry: WeightsEntry) -> WeightsError:
@@ -252,7 +263,7 @@ def verify_entry(entry: WeightsEntry) -> dict[str, Any]:
     }
 
 
-def default_weights_id(spec: ModelSpec | None, manifest: Manifest | None = None) -> str:
+def default_weights_id(spec: ModelRef | None, manifest: Manifest | None = None) -> str:
     """The manifest id of ``spec``'s default weights (``manifest``: already read, else read now).
 
     Raises:
@@ -280,7 +291,7 @@ def default_weights_id(spec: ModelSpec | None, manifest: Manifest | None = None)
     return spec.default_weights
 
 
-def load_state_dict(ref: str | Path | None, *, spec: ModelSpec | None = None) -> dict[str, Any]:
+def load_state_dict(ref: str | Path | None, *, spec: ModelRef | None = None) -> dict[str, Any]:
     """Float32 state dict for a model.
 
     Args:
