@@ -538,7 +538,7 @@ def _bundle(tmp_path, monkeypatch, state: dict[str, torch.Tensor], weights_id: s
         file, sha256=digest, size=size, license="MIT", origin="test", training="none"
     )
     write_manifest(tmp_path, monkeypatch, {weights_id: entry})
-    monkeypatch.setattr(W, "bundled_dir", lambda: bundled)
+    monkeypatch.setattr(W.store, "bundled_dir", lambda: bundled)
     return bundled / file
 
 
@@ -630,7 +630,7 @@ def test_vgg16_download_keeps_only_conv_subset(server, tmp_path, monkeypatch):
         cache_subset={"file": "vgg16-397923af.features.safetensors", "keep_prefix": "features."},
     )
     write_manifest(tmp_path, monkeypatch, {W.VGG16_ID: entry})
-    monkeypatch.setattr(W, "DEFAULT_DOWNLOAD", FAST)
+    monkeypatch.setattr(W.download, "DEFAULT_DOWNLOAD", FAST)
     path = W.resolve_vgg16()
     assert path == W.cache_dir() / "vgg16-397923af.features.safetensors"
     state = W.read_state_dict(path)
