@@ -1,6 +1,6 @@
 """Camera RAW reading through rawpy (LibRaw), the optional ``raw`` extra.
 
-A RAW file is demosaiced into a 16-bit sRGB :class:`~lowlight_cli.image_io.Photo` with the
+A RAW file is demosaiced into 16-bit sRGB pixels (image_io makes them a ``Photo``) with the
 camera's own white balance and no brightening of any kind: making a dark picture bright is the
 model's job, and an automatic stretch first would leave it nothing to do, or clip highlights
 before it starts. ``docs/image-io.md`` lists the LibRaw settings and the reasons for each.
@@ -12,6 +12,7 @@ format), with an sRGB ICC profile and the camera metadata that the file or LibRa
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +21,8 @@ from lowlight_cli.constants import MAX_IMAGE_PIXELS
 from lowlight_cli.errors import ImageError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from PIL import Image
-
-    from lowlight_cli.image_io import Photo
 
 # Only the standard library at import time: `lowlight batch` reads RAW_EXTENSIONS, and
 # `lowlight --help` must stay fast (numpy and Pillow are imported where they are used).
@@ -99,7 +99,22 @@ def looks_like_raw(data: bytes) -> bool:
     )
 
 
-def decode_raw(data: bytes, *, label: str) -> Photo:
+@dataclass(frozen=True)
+class DecodedRaw:
+    """A demosaiced RAW file: what :mod:`lowlight_cli.image_io` turns into a ``Photo``.
+
+    Attributes:
+        pixels: ``(H, W, 3)`` float32 sRGB in [0, 1], upright (16 bits of precision).
+        icc_profile: the sRGB profile the pixels are in.
+        exif: EXIF that the file and LibRaw give (orientation 1), or None.
+    """
+
+    pixels: np.ndarray
+    icc_profile: bytes
+    exif: bytes | None
+
+
+def decode_raw(data: bytes, *, label: str) -> DecodedRaw:
     """Demosaic a camera RAW file into a 16-bit sRGB photo.
 
     Args:
@@ -107,17 +122,14 @@ def decode_raw(data: bytes, *, label: str) -> Photo:
         label: how to name the file in error messages.
 
     Returns:
-        A :class:`~lowlight_cli.image_io.Photo`: pixels ``(H, W, 3)`` float32 sRGB in [0, 1],
-        upright, ``bit_depth=16``, ``format="RAW"``, an sRGB ICC profile and the EXIF that the
-        file and LibRaw give (orientation 1).
+        The pixels, an sRGB ICC profile and the EXIF (see :class:`DecodedRaw`); image_io makes
+        it a 16-bit ``Photo`` of format ``RAW``.
 
     Raises:
         ImageError: rawpy is not installed, the file is not a RAW file LibRaw knows, it is
             corrupt or truncated, or larger than ``constants.MAX_IMAGE_PIXELS``.
     """
     import numpy as np
-
-    from lowlight_cli.image_io import Photo
 
     try:
         import rawpy
@@ -163,15 +175,7 @@ def decode_raw(data: bytes, *, label: str) -> Photo:
         raise ImageError(f"cannot read {label}: LibRaw gave {rgb.dtype} pixels of {rgb.shape}")
     pixels = rgb.astype(np.float32)
     pixels *= np.float32(1.0 / 65535.0)
-    return Photo(
-        pixels=pixels,
-        bit_depth=16,
-        icc_profile=_srgb_profile(),
-        exif=exif,
-        format="RAW",
-        mode="RGB",
-        source_bits=16,
-    )
+    return DecodedRaw(pixels=pixels, icc_profile=_srgb_profile(), exif=exif)
 
 
 def _check_size(width: int, height: int, label: str) -> None:

@@ -288,7 +288,16 @@ def decode_image(data: bytes, *, label: str = "<bytes>", raw: bool | None = None
     from lowlight_cli import camera_raw
 
     if raw or (raw is None and camera_raw.looks_like_raw(data)):
-        return camera_raw.decode_raw(data, label=label)
+        decoded = camera_raw.decode_raw(data, label=label)
+        return Photo(
+            pixels=decoded.pixels,
+            bit_depth=16,
+            icc_profile=decoded.icc_profile,
+            exif=decoded.exif,
+            format="RAW",
+            mode="RGB",
+            source_bits=16,
+        )
     supported = ", ".join([*sorted(set(_READ_FORMATS.values())), "camera RAW"])
     _register_heif()
     try:
