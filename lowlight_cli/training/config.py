@@ -23,7 +23,8 @@ class TrainConfig:
         epochs: total epochs instead of steps.
         out: run folder (checkpoints, metrics log and plot, exported weights).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
-        precision: ``auto`` (AMP on CUDA: bf16 if supported else fp16; fp32 elsewhere),
+        precision: ``auto`` (AMP on CUDA: bf16 if supported else fp16; on a CPU with native
+            bf16, whichever of fp32 and bf16 autocast measures faster; fp32 elsewhere),
             ``fp32``, ``fp16``, ``bf16``.
         seed: seeds the data sampling and the initial weights.
         resume: checkpoint to continue from (its recipe and schedule are used).
@@ -36,7 +37,18 @@ class TrainConfig:
         time_limit: end this invocation once this many seconds have passed since ``train`` was
             called: the step under way finishes, is validated (when there is validation data)
             and checkpointed, and the schedule is left as is, so ``--resume`` continues it.
-        channels_last: NHWC memory format (faster convolutions on some CPUs and GPUs).
+        channels_last: NHWC memory format (faster convolutions on some CPUs and GPUs); None:
+            on a CPU, measure both layouts before step 0 and keep the faster (contiguous on
+            other devices).
+        budget: fit the whole schedule into this many seconds of wall time: after a short
+            probe the run's length is set so that the schedule (its decays included) ends when
+            the budget does. On ``resume`` the budget is the time still to spend and the
+            schedule is refitted to the new end.
+        ema_decay: keep an exponential moving average of the weights with this decay for
+            validation, checkpoint choice and export (also when resuming: the live weights
+            train the same either way); None: the recipe's.
+        val_holdout: pairs of the training set held out for validation (evenly spaced in name
+            order; used when ``val`` is not given; ``lol`` then leaves eval15 untouched).
         val_every: validate every N steps instead of the recipe's (also when resuming: how often
             a run is validated does not change its training).
         log_every: log every N steps instead of the recipe's (also when resuming).
@@ -60,7 +72,10 @@ class TrainConfig:
     threads: int | None = None
     stop_at: int | None = None
     time_limit: float | None = None
-    channels_last: bool = False
+    channels_last: bool | None = False
+    budget: float | None = None
+    val_holdout: int = 0
+    ema_decay: float | None = None
     val_every: int | None = None
     log_every: int | None = None
 

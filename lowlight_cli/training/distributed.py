@@ -95,3 +95,12 @@ def _all_agree(local: bool, world: int, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if local else 0.0], device=device)
     _all_reduce(flag, maximum=True)
     return bool(flag.item() > 0)
+
+
+def _all_agree_max(value: int, world: int, device: torch.device) -> int:
+    """The largest of every process's ``value`` (one ``all_reduce``): a number all ranks use."""
+    if world <= 1:
+        return value
+    t = torch.tensor([float(value)], device=device)
+    _all_reduce(t, maximum=True)
+    return int(t.item())

@@ -40,11 +40,18 @@ from lowlight_cli.training.config import Reporter, TrainConfig, TrainResult
 from lowlight_cli.training.data import Augment, PairedImages, build_run_data
 from lowlight_cli.training.distributed import (
     _all_agree,
+    _all_agree_max,
     _average_gradients,
     _Dist,
     _init_distributed,
 )
-from lowlight_cli.training.precision import _Amp, resolve_amp, resolve_device
+from lowlight_cli.training.precision import (
+    _Amp,
+    cpu_candidates,
+    describe_setting,
+    resolve_amp,
+    resolve_device,
+)
 from lowlight_cli.training.recipes import RECIPES, Recipe, Schedule, default_recipe
 from lowlight_cli.training.tasks import TASKS, Task
 
@@ -261,10 +268,17 @@ def _train(
     else:
         recipe = cfg.recipe or default_recipe(cfg.model)
         seed = cfg.seed
-    recipe = recipe.override(val_every=cfg.val_every, log_every=cfg.log_every)
+    recipe = recipe.override(
+        val_every=cfg.val_every, log_every=cfg.log_every, ema_decay=cfg.ema_decay
+    )
     if cfg.data is None:
         raise UsageError("no training data", hint="pass --data PATH")
 
+    holdout = int(ckpt.get("val_holdout", 0)) if ckpt is not None else cfg.val_holdout
+    if cfg.budget is not None and (cfg.steps is not None or cfg.epochs is not None):
+        raise UsageError("give --budget or --steps/--epochs, not both")
+    if cfg.budget is not None and not cfg.budget > 0:
+        raise UsageError(f"the budget must be positive, not {cfg.budget:g} s")
     data = build_run_data(
         cfg.dataset,
         cfg.data,
@@ -272,13 +286,14 @@ def _train(
         seed=seed,
         workers=cfg.workers,
         normal_only=recipe.model == "frlie" and recipe.stage == 1,
+        holdout=holdout,
     )
+    size = data.train.count(recipe.epoch_unit, recipe.patch)
     if ckpt is not None and cfg.steps is None and cfg.epochs is None:
         schedule = Schedule(
             **{**ckpt["schedule"], "milestones": tuple(ckpt["schedule"]["milestones"])}
         )
     else:
-        size = data.train.count(recipe.epoch_unit, recipe.patch)
         schedule = recipe.resolve(size, steps=cfg.steps, epochs=cfg.epochs)
     if recipe.batch_size < dist.world:
         raise UsageError(
@@ -298,8 +313,7 @@ def _train(
         model = create_model(spec.name, **recipe.model_kwargs)
         size_multiple = size_multiple or spec.size_multiple
     size_multiple = size_multiple or 1
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt).train()
+    model = model.to(device).train()
     task = TASKS.get(recipe.model, Task)(model, recipe, cfg, device)
     task.world = dist.world
 
@@ -320,6 +334,22 @@ def _train(
         start = int(ckpt["step"])
         best = ckpt.get("best")
 
+    aug = Augment(
+        patch=recipe.patch,
+        hflip=recipe.hflip,
+        vflip=recipe.vflip,
+        rot90=recipe.rot90,
+        input_downscale=int(getattr(recipe, "input_downscale", 1)),
+    )
+    channels_last = bool(cfg.channels_last)
+    if device.type == "cpu":
+        amp, channels_last, chosen = _cpu_settings(
+            cfg, ckpt, task, data, aug, recipe.batch_size, seed, dist, reporter
+        )
+        if chosen:
+            prepared["cpu_settings"] = chosen
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
     params = task.trainable()
     if not params:
         raise UsageError(f"{cfg.model} has nothing to train in this configuration")
@@ -338,13 +368,6 @@ def _train(
     history_path = out / METRICS_LOG
     # A resumed run drops log rows written after its checkpoint (they will be redone).
     history = _read_history(history_path, start) if dist.main and ckpt is not None else []
-    aug = Augment(
-        patch=recipe.patch,
-        hflip=recipe.hflip,
-        vflip=recipe.vflip,
-        rot90=recipe.rot90,
-        input_downscale=int(getattr(recipe, "input_downscale", 1)),
-    )
     total = schedule.total_steps
     stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
     info = {
@@ -375,6 +398,8 @@ def _train(
             "sampler": {"seed": seed, "step": step, "batch_size": recipe.batch_size},
             "data": data.description,
             "dataset": cfg.dataset,
+            "val_holdout": holdout,
+            "val_names": list(data.val.names) if data.val is not None else [],
             "prepared": prepared,
             "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "ema": {k: v.cpu() for k, v in ema.state.items()} if ema else None,
@@ -392,6 +417,9 @@ def _train(
     best_path = out / BEST
     t_log = time.perf_counter()
     steps_since_log = 0
+    # --budget: time steps from the end of the first (warm-up) one, then fit the schedule.
+    fit_from: tuple[float, int] | None = None
+    fitted = cfg.budget is None
     try:
         with _graceful_signals(flag):
             while step < stop:
@@ -401,7 +429,7 @@ def _train(
                 task.lr = lr
                 batch = data.train.sample(
                     seed, step, recipe.batch_size, aug, rank=dist.rank, world=dist.world
-                ).to(device, channels_last=cfg.channels_last)
+                ).to(device, channels_last=channels_last)
                 with amp.autocast():
                     loss, logs = task.loss(batch)
                 if not torch.isfinite(loss):
@@ -422,6 +450,43 @@ def _train(
                     ema.update(model)
                 step += 1
                 steps_since_log += 1
+                if not fitted:
+                    now = time.monotonic()
+                    if fit_from is None:
+                        fit_from = (now, step)
+                    elif step - fit_from[1] >= 3 and now - fit_from[0] >= min(
+                        60.0, 0.02 * float(cfg.budget or 0)
+                    ):
+                        fitted = True
+                        sec_per_step = (now - fit_from[0]) / (step - fit_from[1])
+                        val_seconds = 0.0
+                        if dist.main and data.val is not None and recipe.val_every:
+                            t_val = time.monotonic()
+                            scores = _validate_now(
+                                task, ema, model, data.val, size_multiple, device, amp
+                            )
+                            val_seconds = time.monotonic() - t_val
+                            is_best = best is None or scores["psnr"] > best["psnr"]
+                            if is_best:
+                                best = {"step": step, **scores}
+                            history.append({"kind": "val", "step": step, **scores})
+                            reporter.validation(step, scores, is_best)
+                        per_step = sec_per_step + (
+                            val_seconds / recipe.val_every if recipe.val_every else 0.0
+                        )
+                        remaining = float(cfg.budget or 0) - (time.monotonic() - t_start)
+                        fit_total = step + max(1, int(remaining / per_step))
+                        fit_total = _all_agree_max(fit_total, dist.world, device)
+                        schedule = recipe.resolve(size, steps=fit_total)
+                        total = schedule.total_steps
+                        stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
+                        if dist.main:
+                            reporter.message(
+                                f"budget: {sec_per_step:.3f} s/step"
+                                + (f" + {val_seconds:.1f} s per validation" if val_seconds else "")
+                                + f" -> {total} steps in all, lr milestones "
+                                f"{list(schedule.milestones)} (lr now {schedule.lr_at(step):.2e})"
+                            )
                 if cfg.time_limit is not None and step < stop:
                     late = time.monotonic() - t_start >= cfg.time_limit
                     if _all_agree(late, dist.world, device):
@@ -485,6 +550,89 @@ def _train(
     )
 
 
+def _cpu_settings(
+    cfg: TrainConfig,
+    ckpt: dict[str, Any] | None,
+    task: Task,
+    data: Any,
+    aug: Augment,
+    batch_size: int,
+    seed: int,
+    dist: _Dist,
+    reporter: Reporter,
+) -> tuple[_Amp, bool, dict[str, Any] | None]:
+    """The autocast dtype and memory format of a CPU run: what was asked, else the faster.
+
+    A resumed run keeps what its first invocation chose. A fresh run with more than one
+    candidate (:func:`cpu_candidates`) times a forward and backward pass of each on a small
+    batch, then restores every weight and random state it touched, so the probe changes nothing
+    but the choice. Under torchrun nothing is timed (the ranks could choose differently): fp32,
+    contiguous.
+    """
+    device = torch.device("cpu")
+    saved = (ckpt or {}).get("prepared", {}).get("cpu_settings")
+    candidates = cpu_candidates(cfg.precision, cfg.channels_last)
+    if saved is not None and cfg.precision == "auto" and cfg.channels_last is None:
+        dtype = torch.bfloat16 if saved["precision"] == "bf16" else None
+        return _Amp(dtype, device), bool(saved["channels_last"]), saved
+    if len(candidates) == 1 or dist.world > 1:
+        dtype, channels_last = candidates[0] if len(candidates) == 1 else (None, False)
+        return _Amp(dtype, device), channels_last, None
+    timings = _time_candidates(task, data, aug, min(batch_size, 2), seed, candidates)
+    (dtype, channels_last), _ = min(timings, key=lambda t: t[1])
+    chosen = {
+        "precision": "bf16" if dtype is not None else "fp32",
+        "channels_last": channels_last,
+        "seconds": {describe_setting(*c): round(t, 4) for c, t in timings},
+    }
+    if dist.main:
+        reporter.message(
+            "CPU settings, seconds per forward+backward of a 2-sample batch: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in chosen["seconds"].items())
+            + f" -> {describe_setting(dtype, channels_last)}"
+        )
+    return _Amp(dtype, device), channels_last, chosen
+
+
+def _time_candidates(
+    task: Task,
+    data: Any,
+    aug: Augment,
+    n: int,
+    seed: int,
+    candidates: list[tuple[torch.dtype | None, bool]],
+) -> list[tuple[tuple[torch.dtype | None, bool], float]]:
+    modules = [m for m in vars(task).values() if isinstance(m, nn.Module)]
+    saved = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+    rng = rng_state()
+    # A sample stream of its own: the probe must not be the first batch of the run.
+    batch = data.train.sample(seed + 7_919, 0, n, aug)
+    seconds: list[list[float]] = [[] for _ in candidates]
+    try:
+        # Rounds over all candidates, so a burst of other load hits them alike; the first round
+        # pays one-time costs (oneDNN primitives) and is not counted.
+        for round_ in range(3):
+            for k, (dtype, channels_last) in enumerate(candidates):
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                for m in modules:
+                    m.to(memory_format=fmt)
+                b = batch.to(torch.device("cpu"), channels_last=channels_last)
+                t0 = time.perf_counter()
+                with _Amp(dtype, torch.device("cpu")).autocast():
+                    loss, _logs = task.loss(b)
+                loss.backward()
+                if round_:
+                    seconds[k].append(time.perf_counter() - t0)
+                for m in modules:
+                    m.zero_grad(set_to_none=True)
+    finally:
+        for m, state in zip(modules, saved, strict=True):
+            m.load_state_dict(state)
+            m.to(memory_format=torch.contiguous_format)
+        set_rng_state(rng)
+    return [(c, min(t)) for c, t in zip(candidates, seconds, strict=True)]
+
+
 def _validate_now(
     task: Task,
     ema: _Ema | None,
@@ -494,18 +642,22 @@ def _validate_now(
     device: torch.device,
     amp: _Amp,
 ) -> dict[str, float]:
+    live_scores = validate(
+        task.eval_module(), pairs, size_multiple=size_multiple, device=device, amp=amp
+    )
     if ema is None:
-        return validate(
-            task.eval_module(), pairs, size_multiple=size_multiple, device=device, amp=amp
-        )
+        return live_scores
+    # The EMA weights are what is kept and exported; the live weights' scores are logged beside
+    # them, so every run with EMA also measures what EMA gives.
     live = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ema.full_state(model))
     try:
-        return validate(
+        scores = validate(
             task.eval_module(), pairs, size_multiple=size_multiple, device=device, amp=amp
         )
     finally:
         model.load_state_dict(live)
+    return {**scores, "psnr_live": live_scores["psnr"], "ssim_live": live_scores["ssim"]}
 
 
 def _schedule_dict(s: Schedule) -> dict[str, Any]:

@@ -269,6 +269,19 @@ class FRLIETask(Task):
 class NEIDTask(Task):
     """neid: ``forward_train`` on the x2-downsampled input; LE image + DR image + HSV terms."""
 
+    def prepare(self, data: RunData, reporter: Reporter) -> dict[str, Any]:
+        init = getattr(self.recipe, "init", "paper")
+        if init not in ("paper", "kaiming"):
+            raise UsageError(f"unknown neid init '{init}'", hint="paper or kaiming")
+        if init == "kaiming" and self.cfg.init is None:
+            # The recipe's seed made the paper init; this redraws from the same generator.
+            for m in self.model.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        return {"weights_init": init if self.cfg.init is None else "from --init"}
+
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         from lowlight_cli.training.losses import neid_loss
 
