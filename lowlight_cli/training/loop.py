@@ -91,7 +91,12 @@ def _recipe_from_dict(d: dict[str, Any]) -> Recipe:
 
 
 class _Ema:
-    """Exponential moving average of the model's floating-point state."""
+    """Exponential moving average of the model's floating-point state.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))``: with a fixed 0.999, 200
+    steps into a run the average still held 82 % of the initial weights and validated at
+    6.8 dB while the live weights scored 15.5 dB (neid, measured).
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -100,10 +105,11 @@ class _Ema:
         }
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
         for k, v in model.state_dict().items():
             if k in self.state:
-                self.state[k].lerp_(v.detach(), 1.0 - self.decay)
+                self.state[k].lerp_(v.detach(), 1.0 - decay)
 
     def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: self.state.get(k, v) for k, v in model.state_dict().items()}
@@ -447,7 +453,7 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 logs.update(task.aux_step(batch, amp))
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(model, step)
                 step += 1
                 steps_since_log += 1
                 if not fitted:
