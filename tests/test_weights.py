@@ -706,3 +706,25 @@ def test_wheel_contains_manifest_and_bundled(tmp_path):
     for entry in W.parse_manifest(packaged).entries.values():
         if entry.source == "bundled":
             assert f"lowlight_cli/bundled/{entry.file}" in names, entry.id
+
+
+def _absolute_paths(text: str) -> list[str]:
+    import re
+
+    without_urls = re.sub(r"[a-z]+://\S+", "", text)
+    return re.findall(r"(?<![\w.~])/[\w.-]+/[\w./-]*", without_urls)
+
+
+def test_shipped_manifest_and_weights_name_no_machine_paths() -> None:
+    """What ships describes data by name (``lol/our485``), never by the absolute folder of the
+    machine that trained it."""
+    from safetensors import safe_open
+
+    assert _absolute_paths("pairs:/home/me/data/lol/our485 (210 pairs)")  # the check works
+    assert not _absolute_paths("pairs:lol/our485; https://example.org/a/b.pth")
+    manifest = Path(W.manifest_path()).read_text()
+    assert not _absolute_paths(manifest)
+    for path in sorted(Path(W.bundled_dir()).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = json.dumps(f.metadata() or {})
+        assert not _absolute_paths(meta), path.name
