@@ -744,7 +744,10 @@ def export_checkpoint(
     scores = {}
     if best:
         scores = {"psnr": round(best["psnr"], 4), "ssim": round(best["ssim"], 5)}
-    split = "lol_eval15" if ckpt.get("dataset") == "lol" else "validation"
+    if ckpt.get("val_holdout"):
+        split = f"{ckpt.get('dataset', 'train')}_val_holdout"  # pairs held out of training
+    else:
+        split = "lol_eval15" if ckpt.get("dataset") == "lol" else "validation"
     details = {
         "model": ckpt["model"],
         "kwargs": ckpt["model_kwargs"],
