@@ -142,7 +142,7 @@ def decode_raw(data: bytes, *, label: str) -> DecodedRaw:
         with rawpy.RawPy() as raw:
             raw.open_buffer(io.BytesIO(data))
             sizes = raw.sizes
-            _check_size(int(sizes.width), int(sizes.height), label)
+            check_size(int(sizes.width), int(sizes.height), label)
             rgb = raw.postprocess(
                 use_camera_wb=True,  # the white balance the photographer saw
                 use_auto_wb=False,
@@ -178,7 +178,12 @@ def decode_raw(data: bytes, *, label: str) -> DecodedRaw:
     return DecodedRaw(pixels=pixels, icc_profile=_srgb_profile(), exif=exif)
 
 
-def _check_size(width: int, height: int, label: str) -> None:
+def check_size(width: int, height: int, label: str) -> None:
+    """Refuse an empty image or one over ``MAX_IMAGE_PIXELS`` (a decompression bomb) by header.
+
+    Raises:
+        ImageError: naming ``label`` and the size.
+    """
     if width <= 0 or height <= 0:
         raise ImageError(f"cannot read {label}: invalid size {width}x{height}")
     if width * height > MAX_IMAGE_PIXELS:

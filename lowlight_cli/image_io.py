@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lowlight_cli.camera_raw import check_size as _check_size  # one rule for every decoder
 from lowlight_cli.constants import DEFAULT_JPEG_QUALITY, DEFAULT_STDOUT_FORMAT, MAX_IMAGE_PIXELS
 from lowlight_cli.errors import ImageError, UsageError
 
@@ -435,16 +436,6 @@ def _pillow_has_avif() -> bool:
     from PIL import features
 
     return bool(features.check("avif"))
-
-
-def _check_size(width: int, height: int, label: str) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageError(f"cannot read {label}: invalid size {width}x{height}")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(
-            f"cannot read {label}: {width}x{height} is larger than {MAX_IMAGE_PIXELS} pixels",
-            hint="this limit guards against decompression bombs; downscale the image first",
-        )
 
 
 def _header_bit_depth(data: bytes, im: Image.Image, fmt: str, label: str) -> int:

@@ -620,9 +620,25 @@ def test_cpu_settings_are_measured_restored_and_kept_on_resume(
     ckpt = torch.load(tmp_path / "auto" / LAST, weights_only=False)
     chosen = ckpt["prepared"]["cpu_settings"]
     assert chosen["precision"] in ("fp32", "bf16") and len(chosen["seconds"]) == 4
-    # The probe restored the weights: step 1 from them equals step 1 of a run without probe.
-    plain = _model()
-    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    # The probe itself leaves every weight and random state as it found them.
+    from lowlight_cli.training.data import Augment, build_run_data
+    from lowlight_cli.training.loop import _time_candidates
+    from lowlight_cli.training.tasks import Task
+
+    probed = _model()
+    task = Task(probed, _recipe(), cfg, torch.device("cpu"))
+    rng_before = torch.get_rng_state()
+    timings = _time_candidates(
+        task,
+        build_run_data("pairs", pairs_dir, workers=1),
+        Augment(patch=24),
+        2,
+        3,
+        [(None, False), (torch.bfloat16, True)],
+    )
+    assert len(timings) == 2 and all(t > 0 for _, t in timings)
+    assert all(torch.equal(before[k], v) for k, v in probed.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng_before)
     resumed = _Messages()
     train(
         dataclasses.replace(cfg, resume=tmp_path / "auto" / LAST, stop_at=2),

@@ -426,6 +426,7 @@ def _train(
     # --budget: time steps from the end of the first (warm-up) one, then fit the schedule.
     fit_from: tuple[float, int] | None = None
     fitted = cfg.budget is None
+    sec_per_step: float | None = None  # set at the step the schedule is fitted
     try:
         with _graceful_signals(flag):
             while step < stop:
@@ -456,43 +457,13 @@ def _train(
                     ema.update(model, step)
                 step += 1
                 steps_since_log += 1
-                if not fitted:
-                    now = time.monotonic()
-                    if fit_from is None:
-                        fit_from = (now, step)
-                    elif step - fit_from[1] >= 3 and now - fit_from[0] >= min(
-                        60.0, 0.02 * float(cfg.budget or 0)
-                    ):
+                if fit_from is None and not fitted:
+                    fit_from = (time.monotonic(), step)
+                elif not fitted and fit_from is not None:
+                    elapsed = time.monotonic() - fit_from[0]
+                    if step - fit_from[1] >= 3 and elapsed >= min(60.0, 0.02 * (cfg.budget or 0)):
                         fitted = True
-                        sec_per_step = (now - fit_from[0]) / (step - fit_from[1])
-                        val_seconds = 0.0
-                        if dist.main and data.val is not None and recipe.val_every:
-                            t_val = time.monotonic()
-                            scores = _validate_now(
-                                task, ema, model, data.val, size_multiple, device, amp
-                            )
-                            val_seconds = time.monotonic() - t_val
-                            is_best = best is None or scores["psnr"] > best["psnr"]
-                            if is_best:
-                                best = {"step": step, **scores}
-                            history.append({"kind": "val", "step": step, **scores})
-                            reporter.validation(step, scores, is_best)
-                        per_step = sec_per_step + (
-                            val_seconds / recipe.val_every if recipe.val_every else 0.0
-                        )
-                        remaining = float(cfg.budget or 0) - (time.monotonic() - t_start)
-                        fit_total = step + max(1, int(remaining / per_step))
-                        fit_total = _all_agree_max(fit_total, dist.world, device)
-                        schedule = recipe.resolve(size, steps=fit_total)
-                        total = schedule.total_steps
-                        stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
-                        if dist.main:
-                            reporter.message(
-                                f"budget: {sec_per_step:.3f} s/step"
-                                + (f" + {val_seconds:.1f} s per validation" if val_seconds else "")
-                                + f" -> {total} steps in all, lr milestones "
-                                f"{list(schedule.milestones)} (lr now {schedule.lr_at(step):.2e})"
-                            )
+                        sec_per_step = elapsed / (step - fit_from[1])
                 if cfg.time_limit is not None and step < stop:
                     late = time.monotonic() - t_start >= cfg.time_limit
                     if _all_agree(late, dist.world, device):
@@ -505,22 +476,46 @@ def _train(
                         t_log, steps_since_log = now, 0
                         history.append({"kind": "train", "step": step, **logs})
                     reporter.step(step, total, logs)
+                fit_now = sec_per_step is not None
                 at_val = (
                     (recipe.val_every and step % recipe.val_every == 0)
                     or step == total
                     or timed_out
+                    or (fit_now and bool(recipe.val_every))  # --budget times one validation
                 )
-                if at_val or step == stop or flag.get("stop"):
-                    if dist.main:
-                        if at_val and data.val is not None:
-                            scores = _validate_now(
-                                task, ema, model, data.val, size_multiple, device, amp
+                if at_val or step == stop or flag.get("stop") or fit_now:
+                    val_seconds = 0.0
+                    if dist.main and at_val and data.val is not None:
+                        t_val = time.monotonic()
+                        scores = _validate_now(
+                            task, ema, model, data.val, size_multiple, device, amp
+                        )
+                        val_seconds = time.monotonic() - t_val
+                        is_best = best is None or scores["psnr"] > best["psnr"]
+                        if is_best:
+                            best = {"step": step, **scores}
+                        history.append({"kind": "val", "step": step, **scores})
+                        reporter.validation(step, scores, is_best)
+                    if fit_now:
+                        per_step = sec_per_step + (
+                            val_seconds / recipe.val_every if recipe.val_every else 0.0
+                        )
+                        remaining = (cfg.budget or 0) - (time.monotonic() - t_start)
+                        fit_total = step + max(1, int(remaining / per_step))
+                        schedule = recipe.resolve(
+                            size, steps=_all_agree_max(fit_total, dist.world, device)
+                        )
+                        total = schedule.total_steps
+                        stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
+                        if dist.main:
+                            reporter.message(
+                                f"budget: {sec_per_step:.3f} s/step"
+                                + (f" + {val_seconds:.1f} s per validation" if val_seconds else "")
+                                + f" -> {total} steps in all, lr milestones "
+                                f"{list(schedule.milestones)} (lr now {schedule.lr_at(step):.2e})"
                             )
-                            is_best = best is None or scores["psnr"] > best["psnr"]
-                            if is_best:
-                                best = {"step": step, **scores}
-                            history.append({"kind": "val", "step": step, **scores})
-                            reporter.validation(step, scores, is_best)
+                        sec_per_step = None
+                    if dist.main:
                         state = make_checkpoint(step)
                         atomic_torch_save(state, last_path)
                         if data.val is not None and best is not None and best["step"] == step:

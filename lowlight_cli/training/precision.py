@@ -83,8 +83,9 @@ def cpu_candidates(
 ) -> list[tuple[torch.dtype | None, bool]]:
     """The (autocast dtype, channels_last) settings worth timing on this CPU.
 
-    What is fastest differs between CPUs (bf16 autocast was 3.3x faster than fp32 for neid on
-    one CPU with native bf16 and 1.6x slower on another), so nothing fixed is chosen: ``auto``
+    What is fastest differs between CPUs (neid's step under bf16 autocast was reported 3.3x
+    faster than fp32 on a Zen 4, and measured 1.4x slower on a Xeon with AVX-512 BF16 but no
+    AMX; docs/training.md), so nothing fixed is chosen: ``auto``
     precision tries fp32 and, where the CPU has native bf16, bf16; an unset memory format
     tries both layouts. One candidate means there is nothing to measure.
     """
