@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+VERSION = "0.1.0"  # the package version (pyproject reads it here)
 APP_NAME = "lowlight"
 PACKAGE_NAME = "lowlight_cli"
 MANIFEST_FILENAME = "weights_manifest.json"

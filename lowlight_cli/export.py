@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lowlight_cli.constants import VERSION
 from lowlight_cli.errors import LowlightError, ResourceError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -376,7 +377,7 @@ def export_model(
         "weights_sha256": weights_sha,
         "size_multiple": str(spec.size_multiple),
         "scale": str(2 if upscale else spec.scale),
-        "version": _version(),
+        "version": VERSION,
     }
     path = Path(output)
     data, total = export_onnx(
@@ -508,9 +509,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _version() -> str:
-    from lowlight_cli import __version__
-
-    return __version__

@@ -9,6 +9,9 @@ Choices worth knowing (see ``docs/image-io.md``):
 
 * Bit depth comes from the file's header/dtype, never from pixel values.
 * 16-bit PNG and TIFF pixels go through OpenCV, because Pillow cannot hold 16-bit RGB.
+* HEIC/HEIF goes through pillow-heif (libheif), AVIF through Pillow's own plugin (libavif);
+  10/12-bit pictures of either take the 16-bit path. Camera RAW goes through ``camera_raw``
+  (rawpy, an optional extra).
 * Grayscale photos are enhanced as RGB and written back as grayscale (BT.601 luminance).
 * Alpha is carried through untouched; JPEG and BMP outputs drop it.
 * The EXIF orientation is applied on read and reset to 1 in the carried EXIF.
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lowlight_cli.camera_raw import check_size as _check_size  # one rule for every decoder
 from lowlight_cli.constants import DEFAULT_JPEG_QUALITY, DEFAULT_STDOUT_FORMAT, MAX_IMAGE_PIXELS
 from lowlight_cli.errors import ImageError, UsageError
 
@@ -85,13 +89,26 @@ FORMATS: dict[str, ImageFormat] = {
     "TIFF": ImageFormat("TIFF", (".tif", ".tiff"), (8, 16), alpha=True, icc=True, exif=False),
     "WEBP": ImageFormat("WEBP", (".webp",), (8,), alpha=True, icc=True, exif=True),
     "BMP": ImageFormat("BMP", (".bmp",), (8,), alpha=False, icc=False, exif=False),
+    # 16-bit pixels are stored as 10-bit HEVC (12-bit when the input had 12 bits): HEVC has no
+    # 16-bit profile, and 10-bit (Main 10) is what phones and viewers decode.
+    "HEIF": ImageFormat(
+        "HEIF", (".heic", ".heif", ".hif"), (8, 16), alpha=True, icc=True, exif=True
+    ),
+    "AVIF": ImageFormat("AVIF", (".avif",), (8,), alpha=True, icc=True, exif=True),
 }
 
 # Pillow format names we accept on read -> our format name. MPO is how Pillow names the
 # multi-picture JPEGs many phones write.
 _READ_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "TIFF": "TIFF", "WEBP": "WEBP"}
-_READ_FORMATS["BMP"] = "BMP"
-_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+_READ_FORMATS.update(BMP="BMP", HEIF="HEIF", AVIF="AVIF")
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "HIF": "HEIF"}
+# ISOBMFF major brands of HEIF (HEVC) and AVIF files: a file with one of these that no decoder
+# accepts is a damaged HEIC/AVIF, not "some other format".
+_ISOBMFF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+)
+# Bits of 10/12-bit HEIC written from 16-bit pixels when the input does not say otherwise.
+_HEIF_HIGH_BITS = 10
 
 
 @dataclass
@@ -102,13 +119,17 @@ class Photo:
         pixels: ``(H, W, 3)`` float32 RGB in [0, 1], EXIF orientation applied (grayscale
             inputs are replicated to three channels).
         alpha: ``(H, W)`` float32 in [0, 1], or None.
-        bit_depth: bits per channel of the file (8 or 16), from its header, not its values.
+        bit_depth: bits per channel of the processing path (8 or 16), from the file's header,
+            not its values; 10/12-bit HEIF/AVIF and camera RAW take the 16-bit path.
         icc_profile: embedded ICC profile bytes, or None.
         exif: EXIF bytes (``Exif\\0\\0`` + TIFF structure) with orientation reset to 1, or None.
-        format: canonical format name (``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"WEBP"``, ``"BMP"``).
+        format: canonical format name (``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"WEBP"``, ``"BMP"``,
+            ``"HEIF"``, ``"AVIF"``, or ``"RAW"`` for camera RAW, which is read but not written).
         mode: the file's Pillow-like mode (``"L"``, ``"LA"``, ``"RGB"``, ``"RGBA"``, ``"I;16"``,
             ``"P"``...); 16-bit colour files report ``"RGB"``/``"RGBA"`` with ``bit_depth=16``.
         source: the file it came from (resolved), or None for stdin.
+        source_bits: bits per channel the file stores (8, 10, 12 or 16; 16 for camera RAW);
+            a 12-bit HEIC stays 12-bit when written back as HEIC.
     """
 
     pixels: np.ndarray
@@ -119,6 +140,7 @@ class Photo:
     format: str = "PNG"
     mode: str = "RGB"
     source: Path | None = None
+    source_bits: int = 8
 
     @property
     def height(self) -> int:
@@ -203,15 +225,20 @@ def read_image(source: str | Path) -> Photo:
     """Read a photo from a file, or from stdin when ``source`` is ``"-"``.
 
     Args:
-        source: path to a JPEG, PNG (8/16-bit), TIFF (8/16-bit), WebP or BMP file, or ``"-"``.
+        source: path to a JPEG, PNG (8/16-bit), TIFF (8/16-bit), WebP, BMP, HEIC/HEIF or AVIF
+            (8/10/12-bit) file, a camera RAW file (needs the ``raw`` extra), or ``"-"``.
 
     Returns:
         The :class:`Photo`; pixels ``(H, W, 3)`` float32 RGB in [0, 1], orientation applied.
 
     Raises:
-        ImageError: missing, unreadable, empty, truncated, not an image, unsupported format, or
-            larger than ``constants.MAX_IMAGE_PIXELS`` (checked from the header, before decoding).
+        ImageError: missing, unreadable, empty, truncated, not an image, unsupported format, a
+            RAW file without rawpy installed, or larger than ``constants.MAX_IMAGE_PIXELS``
+            (checked from the header, before decoding).
     """
+    from lowlight_cli.camera_raw import is_raw_name
+
+    raw: bool | None = None  # stdin: tell from the content
     if str(source) == "-":
         label, path = "<stdin>", None
         try:
@@ -221,10 +248,11 @@ def read_image(source: str | Path) -> Photo:
     else:
         path = Path(source).expanduser()
         label = str(source)
+        raw = True if is_raw_name(path) else None
         data = _read_file_bytes(path, label)
     if not data:
         raise ImageError(f"cannot read {label}: it is empty (0 bytes)")
-    photo = decode_image(data, label=label)
+    photo = decode_image(data, label=label, raw=raw)
     photo.source = path.resolve() if path is not None else None
     return photo
 
@@ -246,17 +274,33 @@ def _read_file_bytes(path: Path, label: str) -> bytes:
         raise ImageError(f"cannot read {label}: {_reason(exc)}") from exc
 
 
-def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
+def decode_image(data: bytes, *, label: str = "<bytes>", raw: bool | None = None) -> Photo:
     """Decode encoded image bytes into a :class:`Photo` (``source`` left as None).
 
     Args:
         data: the whole encoded file.
         label: how to name the image in error messages.
+        raw: True to decode as camera RAW (the file name says so), False never to, None to
+            decide from the content (DNG and TIFF-based RAW files are recognised).
 
     Raises:
         ImageError: as :func:`read_image`.
     """
-    supported = ", ".join(sorted(set(_READ_FORMATS.values())))
+    from lowlight_cli import camera_raw
+
+    if raw or (raw is None and camera_raw.looks_like_raw(data)):
+        decoded = camera_raw.decode_raw(data, label=label)
+        return Photo(
+            pixels=decoded.pixels,
+            bit_depth=16,
+            icc_profile=decoded.icc_profile,
+            exif=decoded.exif,
+            format="RAW",
+            mode="RGB",
+            source_bits=16,
+        )
+    supported = ", ".join([*sorted(set(_READ_FORMATS.values())), "camera RAW"])
+    _register_heif()
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; a warning would let a bomb through.
@@ -271,13 +315,16 @@ def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
                 width, height = im.size
                 _check_size(width, height, label)
                 fmt = _READ_FORMATS[pil_format]
-                bit_depth = _header_bit_depth(data, im, fmt, label)
+                source_bits = _header_bit_depth(data, im, fmt, label)
+                bit_depth = 8 if source_bits == 8 else 16
                 orientation = _orientation(im)
                 icc = im.info.get("icc_profile") or None
                 exif = _carried_exif(im, fmt)
                 mode = im.mode
                 if bit_depth == 16:
-                    rgb, alpha, mode, upright = _decode_16bit(data, im, fmt, orientation)
+                    rgb, alpha, mode, upright = _decode_16bit(
+                        data, im, fmt, orientation, source_bits
+                    )
                     if upright:
                         orientation = 1
                 else:
@@ -292,10 +339,20 @@ def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
             hint="this limit guards against decompression bombs; downscale the image first",
         ) from exc
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in _ISOBMFF_BRANDS:
+            _explain_unreadable_heif(data, label)
         raise ImageError(
             f"cannot read {label}: not a recognised image file", hint=f"supported: {supported}"
         ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        RuntimeError,  # libheif's decode errors
+        struct.error,
+        zlib.error,
+    ) as exc:
         # Pillow reports truncated and corrupt data through all of these.
         raise ImageError(f"cannot read {label}: corrupt or truncated ({_reason(exc)})") from exc
 
@@ -313,23 +370,88 @@ def decode_image(data: bytes, *, label: str = "<bytes>") -> Photo:
         exif=exif,
         format=fmt,
         mode=mode,
+        source_bits=source_bits,
     )
 
 
-def _check_size(width: int, height: int, label: str) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageError(f"cannot read {label}: invalid size {width}x{height}")
-    if width * height > MAX_IMAGE_PIXELS:
+@functools.cache
+def _register_heif() -> bool:
+    """Teach Pillow to open HEIC/HEIF through pillow-heif; False when it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    # Only the primary picture is wanted: no thumbnails, depth maps or auxiliary images.
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    return True
+
+
+def _heif_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, bits) from a HEIF/AVIF container's header, without decoding pixels.
+
+    libheif parses AVIF containers too, even where it has no AV1 decoder. None when
+    pillow-heif is missing or cannot parse the header.
+    """
+    if not _register_heif():
+        return None
+    import pillow_heif
+
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        width, height = heif.size
+        return int(width), int(height), int(heif.info.get("bit_depth", 8))
+    except (OSError, ValueError, SyntaxError, RuntimeError, EOFError, KeyError, IndexError):
+        return None
+
+
+def _explain_unreadable_heif(data: bytes, label: str) -> None:
+    """Raise the real reason a file with a HEIF/AVIF signature could not be opened."""
+    is_avif = bool({b"avif", b"avis"} & _ftyp_brands(data))
+    header = _heif_header(data)
+    if header is not None:
+        _check_size(header[0], header[1], label)  # libavif refuses huge sizes at parse time
+    if is_avif and not _pillow_has_avif():
         raise ImageError(
-            f"cannot read {label}: {width}x{height} is larger than {MAX_IMAGE_PIXELS} pixels",
-            hint="this limit guards against decompression bombs; downscale the image first",
+            f"cannot read {label}: this Pillow was built without AVIF support",
+            hint="install Pillow 11.3 or newer from its wheels: pip install -U pillow",
         )
+    if not is_avif and not _register_heif():
+        raise ImageError(
+            f"cannot read {label}: HEIC/HEIF support needs pillow-heif",
+            hint="pip install pillow-heif",
+        )
+    kind = "AVIF" if is_avif else "HEIF"
+    raise ImageError(f"cannot read {label}: corrupt or truncated {kind} file")
+
+
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """Major and compatible brands of an ISOBMFF file's leading ``ftyp`` box."""
+    (size,) = struct.unpack_from(">I", data, 0)
+    end = min(max(size, 16), len(data), 256)
+    return {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+
+
+@functools.cache
+def _pillow_has_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
 
 
 def _header_bit_depth(data: bytes, im: Image.Image, fmt: str, label: str) -> int:
-    """Bits per channel as the file declares it (PNG IHDR, TIFF BitsPerSample)."""
+    """Bits per channel as the file declares it (PNG IHDR, TIFF BitsPerSample, HEIF/AVIF).
+
+    Returns 8, 16, or 10/12 for HEIF and AVIF; an AVIF above 8 bits counts as 8 where OpenCV
+    cannot decode AVIF (Pillow then reads it at 8 bits).
+    """
     if fmt == "PNG" and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
         return 16 if data[24] == 16 else 8
+    if fmt == "HEIF":
+        return max(8, int(im.info.get("bit_depth") or 8))
+    if fmt == "AVIF":
+        header = _heif_header(data)
+        bits = header[2] if header is not None else 8
+        return bits if bits > 8 and _cv2_reads_avif() else 8
     if fmt == "TIFF":
         bits = getattr(im, "tag_v2", {}).get(_TIFF_BITS_TAG, 8)
         bits = max(bits) if isinstance(bits, tuple) else int(bits)
@@ -377,9 +499,10 @@ def _scaled_float(values: np.ndarray, scale: np.float32) -> np.ndarray:
 
 
 def _decode_16bit(
-    data: bytes, im: Image.Image, fmt: str, orientation: int
+    data: bytes, im: Image.Image, fmt: str, orientation: int, bits: int = 16
 ) -> tuple[np.ndarray, np.ndarray | None, str, bool]:
-    """16-bit PNG/TIFF pixels through OpenCV, which keeps the uint16 dtype.
+    """16-bit PNG/TIFF pixels through OpenCV, which keeps the uint16 dtype; 10/12-bit HEIF
+    through pillow-heif and 10/12-bit AVIF through OpenCV, both as integers up to 2**bits - 1.
 
     Returns:
         RGB and alpha as float32 [0, 1], the Pillow-like mode, and whether the decoder already
@@ -387,8 +510,13 @@ def _decode_16bit(
     """
     import cv2
 
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     upright = False
+    if fmt == "HEIF":
+        arr, upright = _decode_heif_high_bits(data), True
+    else:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is not None and fmt == "AVIF":
+        upright = _cv2_orients_avif()
     if arr is not None and fmt == "TIFF":
         upright = _cv2_orients_tiff()
     elif arr is None and fmt == "TIFF":
@@ -406,11 +534,11 @@ def _decode_16bit(
     # Pillow may report a TIFF's size after orientation; the header holds the stored size.
     tags = getattr(im, "tag_v2", {})
     height, width = (tags.get(257), tags.get(256)) if fmt == "TIFF" else im.size[::-1]
-    if upright and orientation >= 5:
+    if upright and orientation >= 5 and fmt != "HEIF":  # HEIF sizes are the upright ones
         height, width = width, height
     if arr.shape[:2] != (height, width):
         raise ValueError("decoded size does not match the header")
-    scale = np.float32(1.0 / 65535.0)
+    scale = np.float32(1.0 / (2**bits - 1))
     gray_file = im.mode in _GRAY_MODES
     alpha = None
     if arr.ndim == 2:
@@ -432,6 +560,52 @@ def _decode_16bit(
         mode,
         upright,
     )
+
+
+def _decode_heif_high_bits(data: bytes) -> np.ndarray:
+    """A 10/12-bit HEIF's primary picture, upright, as uint16 in the file's own range.
+
+    In BGR(A) order, as OpenCV gives the other formats. pillow-heif is asked for the stored
+    integers (``hdr_to_16bit=False``): its 16-bit mode shifts them, so white would be 65472.
+    """
+    import pillow_heif
+
+    heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, hdr_to_16bit=False)
+    arr = np.asarray(heif)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., [2, 1, 0, *range(3, arr.shape[2])]]
+    return arr
+
+
+@functools.cache
+def _cv2_reads_avif() -> bool:
+    """Whether this OpenCV has an AVIF codec (it keeps 10/12-bit samples; Pillow does not)."""
+    import cv2
+
+    depth_flag = getattr(cv2, "IMWRITE_AVIF_DEPTH", None)  # OpenCV 4.11 and newer
+    if depth_flag is None:
+        return False
+    try:
+        ok, buf = cv2.imencode(".avif", np.zeros((2, 2, 3), dtype=np.uint16), [depth_flag, 10])
+    except cv2.error:
+        return False
+    if not ok:
+        return False
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return arr is not None and arr.dtype == np.uint16
+
+
+@functools.cache
+def _cv2_orients_avif() -> bool:
+    """Whether this OpenCV turns AVIFs upright itself (irot/imir), probed like TIFFs below."""
+    import cv2
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[_ORIENTATION_TAG] = 6  # Pillow stores it as the AVIF rotation (irot)
+    Image.new("RGB", (2, 1)).save(buf, "AVIF", exif=exif.tobytes())
+    arr = cv2.imdecode(np.frombuffer(buf.getvalue(), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return arr is not None and arr.shape[:2] == (2, 1)
 
 
 @functools.cache
@@ -555,10 +729,11 @@ def write_image(
         photo: the photo the pixels came from (alpha, mode, bit depth, ICC, EXIF, source).
         pixels: ``(H, W, 3)`` float RGB, clipped to [0, 1]; may differ in size from ``photo``
             (alpha is then resized to match).
-        format: output format (``jpg``, ``png``, ``tif``, ``webp``, ``bmp``); default from the
-            suffix of ``dest``, or PNG for stdout.
-        quality: JPEG/WebP quality, 1..100.
-        bit_depth: 8 or 16 (16 only for PNG/TIFF); default: the input's where the format allows.
+        format: output format (``jpg``, ``png``, ``tif``, ``webp``, ``bmp``, ``heic``, ``avif``);
+            default from the suffix of ``dest``, or PNG for stdout.
+        quality: JPEG/WebP/HEIC/AVIF quality, 1..100.
+        bit_depth: 8 or 16 (16 only for PNG/TIFF, and HEIC, which stores it as 10 or 12 bits);
+            default: the input's where the format allows.
         overwrite: replace an existing ``dest``. The input file itself is never replaced.
 
     Returns:
@@ -578,7 +753,7 @@ def write_image(
         if found is None:
             raise UsageError(
                 f"cannot tell the output format from {str(dest)!r}",
-                hint="use a .jpg/.png/.tif/.webp/.bmp name or pass --format",
+                hint="use a .jpg/.png/.tif/.webp/.bmp/.heic/.avif name or pass --format",
             )
         fmt = found
     depth = _resolve_bit_depth(fmt, photo, bit_depth)
@@ -604,7 +779,8 @@ def _resolve_bit_depth(fmt: str, photo: Photo, bit_depth: int | None) -> int:
         raise UsageError(f"bit depth must be 8 or 16, not {bit_depth}")
     if bit_depth not in allowed:
         raise UsageError(
-            f"{fmt} cannot store {bit_depth}-bit images", hint="use PNG or TIFF for 16-bit output"
+            f"{fmt} cannot store {bit_depth}-bit images",
+            hint="use PNG, TIFF or HEIC for 16-bit output",
         )
     return bit_depth
 
@@ -622,9 +798,10 @@ def encode_image(
     Args:
         photo: where alpha/mode/ICC/EXIF come from.
         pixels: ``(H, W, 3)`` float RGB (values outside [0, 1] are clipped, NaN becomes 0).
-        fmt: format name or alias (``jpg``, ``PNG``...).
-        quality: JPEG/WebP quality, 1..100.
-        bit_depth: 8 or 16 (must be one the format stores).
+        fmt: format name or alias (``jpg``, ``PNG``, ``heic``...).
+        quality: JPEG/WebP/HEIC/AVIF quality, 1..100.
+        bit_depth: 8 or 16 (must be one the format stores; HEIC stores 16 as 10 bits, or as 12
+            when ``photo`` came from a 12-bit file).
 
     Returns:
         The encoded file.
@@ -638,7 +815,10 @@ def encode_image(
     arr = np.asarray(pixels)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"cannot encode pixels of shape {arr.shape}; expected (H, W, 3) RGB")
-    quantised = _to_integers(photo, arr, fmt, bit_depth)
+    bits = bit_depth
+    if fmt == "HEIF" and bit_depth == 16:
+        bits = 12 if photo.source_bits == 12 else _HEIF_HIGH_BITS
+    quantised = _to_integers(photo, arr, fmt, bits)
 
     icc = photo.icc_profile if info.icc else None
     gray_out = quantised.ndim == 2 or quantised.shape[2] == 2
@@ -648,15 +828,18 @@ def encode_image(
     try:
         if fmt == "TIFF":
             return _encode_tiff(quantised, icc)
+        if fmt == "HEIF":
+            return _encode_heif(quantised, bits, icc, exif, int(quality))
         if bit_depth == 16:
             return _encode_png16(quantised, icc, exif)
         return _encode_pillow(quantised, fmt, icc, exif, int(quality))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: libheif
         raise ImageError(f"cannot encode the image as {fmt}: {_reason(exc)}") from exc
 
 
 def _to_integers(photo: Photo, arr: np.ndarray, fmt: str, bit_depth: int) -> np.ndarray:
-    """Clip, NaN -> 0, gray/alpha as ``fmt`` stores them, then round to integers.
+    """Clip, NaN -> 0, gray/alpha as ``fmt`` stores them, then round to ``bit_depth``-bit
+    integers (8, 10, 12 or 16).
 
     Works through ``ENCODE_ROWS`` rows at a time, so its float32 temporaries stay small
     instead of being two more copies of the whole photo (576 MB at 24 MP).
@@ -700,9 +883,9 @@ def _alpha_for(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Round (not truncate) [0, 1] floats to 8- or 16-bit integers."""
-    top = 65535.0 if bit_depth == 16 else 255.0
-    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    """Round (not truncate) [0, 1] floats to integers of 8, 10, 12 or 16 bits."""
+    top = float(2**bit_depth - 1)
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
     # float32 is exact enough: x * 65535 is off by < 0.01, far from a rounding boundary for
     # values that came from integers, so read -> write round-trips stay exact.
     scaled = arr * np.float32(top)
@@ -725,10 +908,37 @@ def _encode_pillow(
         params["subsampling"] = 0 if quality >= 90 else 2
         if exif and len(exif) > _MAX_JPEG_EXIF:
             del params["exif"]  # cannot fit one APP1 segment (usually a big thumbnail)
-    elif fmt == "WEBP":
+    elif fmt in ("WEBP", "AVIF"):
         params["quality"] = quality
     buf = io.BytesIO()
     image.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def _encode_heif(
+    arr: np.ndarray, bits: int, icc: bytes | None, exif: bytes | None, quality: int
+) -> bytes:
+    """HEIC (HEVC) through pillow-heif: 8-bit, or 10/12-bit from integers of that range."""
+    if not _register_heif():
+        raise ImageError(
+            "cannot write HEIC: pillow-heif is not installed", hint="pip install pillow-heif"
+        )
+    import pillow_heif
+
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    params: dict[str, object] = {"quality": quality}
+    if bits > 8:
+        mode += f";{bits}"
+        params["bit_depth"] = bits
+        arr = arr.astype("<u2", copy=False)  # pillow-heif takes little-endian samples
+    if icc:
+        params["icc_profile"] = icc
+    if exif:
+        params["exif"] = exif
+    buf = io.BytesIO()
+    height, width = arr.shape[:2]
+    pillow_heif.encode(mode, (width, height), np.ascontiguousarray(arr).tobytes(), buf, **params)
     return buf.getvalue()
 
 

@@ -95,8 +95,11 @@ def ssim(
     ky = g.view(1, 1, -1, 1).expand(c, 1, window_size, 1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        # Separable and "valid": two 1-D passes are ~5x cheaper than one 11x11 pass.
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+        # Separable and "valid": two 1-D passes are ~5x cheaper than one 11x11 pass. Never in
+        # half precision, even under autocast: the variances below subtract nearly equal
+        # numbers, and in bf16 SSIM came out as nan or inf.
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x * mu_x

@@ -193,3 +193,40 @@ def test_interrupted_batch_leaves_no_partial_files_and_resumes(tmp_path: Path, s
     assert summary["skipped"] == len(done) and summary["ok"] == 12 - len(done)
     assert stamps == {p: p.stat().st_mtime_ns for p in done}  # finished files untouched
     assert len(_outputs_and_strays(out)[0]) == 12 and _outputs_and_strays(out)[1] == []
+
+
+def test_phone_and_camera_formats_are_picked_up_in_any_case(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pillow_heif", reason="HEIC support needs pillow-heif")
+    from PIL import features
+
+    from lowlight_cli.image_io import _register_heif
+
+    _register_heif()
+    src, out = tmp_path / "in", tmp_path / "out"
+    _dark(src / "a.jpg")
+    rng = np.random.default_rng(4)
+    pixels = (rng.random((24, 32, 3)) * 50).astype(np.uint8)
+    Image.fromarray(pixels).save(src / "IMG_1.HEIC", "HEIF")
+    Image.fromarray(pixels).save(src / "b.heif", "HEIF")
+    expected = {"a.jpg", "IMG_1.HEIC", "b.heif"}
+    if features.check("avif"):
+        Image.fromarray(pixels).save(src / "C.AVIF", "AVIF")
+        expected.add("C.AVIF")
+    (src / "D.DNG").write_bytes(b"II*\x00" + bytes(60))  # a RAW file, without rawpy here
+    monkeypatch.setitem(sys.modules, "rawpy", None)
+    found = find_images(src, recursive=False, pattern="*", suffix="_enhanced", exclude=None)
+    assert {p.name for p in found} == expected | {"D.DNG"}
+
+    code, stdout, stderr = run_cli(["batch", str(src), "-o", str(out), "-m", "gamma", "--json"])
+    assert code == 6, stderr  # the RAW file fails, the rest is done
+    report = json.loads(stdout)
+    assert report["summary"]["ok"] == len(expected) and report["summary"]["failed"] == 1
+    (failed,) = [f for f in report["files"] if f["status"] == "failed"]
+    assert failed["input"].endswith("D.DNG") and "lowlight[raw]" in failed["error"]
+    made = {p.name for p in out.iterdir()}
+    assert {"a_enhanced.jpg", "IMG_1_enhanced.heic", "b_enhanced.heif"} <= made
+    assert Image.open(out / "IMG_1_enhanced.heic").format == "HEIF"
+    if "C.AVIF" in expected:
+        assert Image.open(out / "C_enhanced.avif").format == "AVIF"

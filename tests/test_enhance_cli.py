@@ -282,3 +282,120 @@ def test_jpeg_keeps_exif_on_the_fast_path(cli, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "cam_enhanced.jpg") as out:
         assert out.getexif().get(271) == "TestCam" and out.size == (160, 120)
+
+
+# ------------------------------------------------------------------------------------------
+# Phone and camera formats: HEIC/HEIF, AVIF, camera RAW
+# ------------------------------------------------------------------------------------------
+
+
+def _dark_heic(path: Path, size: tuple[int, int] = (48, 36)) -> Path:
+    pytest.importorskip("pillow_heif", reason="HEIC support needs pillow-heif")
+    from lowlight_cli.image_io import _register_heif
+
+    _register_heif()
+    rng = np.random.default_rng(5)
+    exif = Image.Exif()
+    exif[271] = "PhoneCam"
+    pixels = (rng.random((size[1], size[0], 3)) * 50).astype(np.uint8)
+    Image.fromarray(pixels).save(path, "HEIF", quality=90, exif=exif.tobytes())
+    return path
+
+
+def test_heic_in_heic_out_and_quality(cli, tmp_path: Path) -> None:
+    src = _dark_heic(tmp_path / "IMG_5195.HEIC")
+    result = cli(["enhance", str(src), "-m", "gamma", "--json"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "IMG_5195_enhanced.heic"
+    assert json.loads(result.stdout)["files"][0]["output"] == str(out.resolve())
+    written = Image.open(out)
+    assert written.format == "HEIF" and written.size == (48, 36)
+    assert written.getexif().get(271) == "PhoneCam"
+    assert _mean(out) > _mean(src) + 10
+    low = cli(["enhance", str(src), "-m", "gamma", "-q", "10", "--suffix", "_low"])
+    assert low.exit_code == 0, low.output
+    assert (tmp_path / "IMG_5195_low.heic").stat().st_size < out.stat().st_size
+    jpg = cli(["enhance", str(src), "-m", "gamma", "-f", "jpg"])
+    assert jpg.exit_code == 0 and Image.open(tmp_path / "IMG_5195_enhanced.jpg").format == "JPEG"
+
+
+def test_avif_output_by_option(cli, tmp_path: Path) -> None:
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("Pillow built without AVIF")
+    src = _dark(tmp_path / "night.png")
+    result = cli(["enhance", str(src), "-m", "gamma", "-f", "avif"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "night_enhanced.avif"
+    assert Image.open(out).format == "AVIF"
+    again = cli(["enhance", str(out), "-m", "gamma", "--suffix", "_2"])  # AVIF in, AVIF out
+    assert again.exit_code == 0, again.output
+    assert Image.open(tmp_path / "night_enhanced_2.avif").size == (48, 36)
+
+
+def test_dng_in_16bit_png_out(cli, tmp_path: Path) -> None:
+    pytest.importorskip("rawpy", reason="camera RAW needs rawpy (the raw extra)")
+    from test_camera_raw import make_dng
+
+    src = tmp_path / "DSC_0001.DNG"
+    src.write_bytes(make_dng(level=0.02))
+    result = cli(["enhance", str(src), "-m", "gamma"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "DSC_0001_enhanced.png"
+    assert out.read_bytes()[24] == 16  # PNG IHDR: 16 bits per sample
+    written = Image.open(out)
+    assert written.size == (48, 32) and written.getexif().get(271) == "Lowlight"
+    assert written.info.get("icc_profile")
+    pytest.importorskip("pillow_heif", reason="HEIC support needs pillow-heif")
+    as_heic = cli(["enhance", str(src), "-m", "gamma", "-f", "heic"])
+    assert as_heic.exit_code == 0, as_heic.output
+    assert Image.open(tmp_path / "DSC_0001_enhanced.heic").format == "HEIF"
+
+
+def _bad_heic(tmp_path: Path, case: str) -> Path:
+    import struct
+
+    if case == "text.heic":
+        path = tmp_path / case
+        path.write_text("this is not a photo\n")
+        return path
+    if case == "empty.dng":
+        path = tmp_path / case
+        path.write_bytes(b"")
+        return path
+    good = _dark_heic(tmp_path / "good.heic", size=(64, 64)).read_bytes()
+    (tmp_path / "good.heic").unlink()
+    path = tmp_path / case
+    if case == "truncated.heic":
+        path.write_bytes(good[: len(good) // 2])
+    else:  # bomb.heic: the size box claims 50000 x 50000
+        data = bytearray(good)
+        pos = data.find(b"ispe")
+        struct.pack_into(">II", data, pos + 8, 50_000, 50_000)
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("case", ["truncated.heic", "text.heic", "bomb.heic", "empty.dng"])
+def test_bad_phone_and_camera_files_exit_3_with_one_line(cli, tmp_path: Path, case: str):
+    src = _bad_heic(tmp_path, case)
+    result = cli(["enhance", str(src), "-m", "gamma"])
+    assert result.exit_code == 3, result.output
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and case in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [case]  # nothing left behind
+
+
+def test_raw_without_rawpy_one_line_exit_3(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rawpy", None)
+    src = tmp_path / "IMG_0001.CR2"
+    src.write_bytes(b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64))
+    result = cli(["enhance", str(src), "-m", "gamma"])
+    assert result.exit_code == 3
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no hint below
+    assert "lowlight[raw]" in result.stderr and "not a recognised" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001.CR2"]

@@ -543,7 +543,7 @@ def test_unknown_output_suffix(tmp_path: Path, png_photo: Photo) -> None:
     with pytest.raises(UsageError, match="format"):
         write_image(tmp_path / "a.gif", png_photo, png_photo.pixels)
     with pytest.raises(UsageError):
-        write_image(tmp_path / "a.png", png_photo, png_photo.pixels, format="heic")
+        write_image(tmp_path / "a.png", png_photo, png_photo.pixels, format="jxl")
 
 
 # ------------------------------------------------------------------------------------------
@@ -664,7 +664,7 @@ def test_output_path_for(tmp_path: Path) -> None:
     assert output_path_for("x/a.gif") == Path("x/a_enhanced.png")
     with pytest.raises(UsageError):
         output_path_for("-")
-    assert set(FORMATS) == {"JPEG", "PNG", "TIFF", "WEBP", "BMP"}
+    assert set(FORMATS) == {"JPEG", "PNG", "TIFF", "WEBP", "BMP", "HEIF", "AVIF"}
 
 
 @pytest.mark.shared

@@ -103,3 +103,16 @@ def test_rgb_to_hsv_matches_colorsys_and_has_gradients():
     np.testing.assert_allclose(got[:, 1:], expected[:, 1:], atol=1e-5)
     hsv[:, :2].sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_ssim_is_computed_in_fp32_under_bf16_autocast():
+    """Validation runs the model under autocast; the score must not be computed in bf16
+    (the variances subtract nearly equal numbers: bf16 gave nan and inf)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 48, 48)
+    y = (0.8 * x + 0.1 + 0.02 * torch.randn_like(x)).clamp(0, 1)
+    plain = ssim(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = ssim(x, y)
+    assert under.dtype == torch.float32
+    assert torch.allclose(under, plain, atol=1e-6)

@@ -17,6 +17,7 @@ from lowlight_cli.training.data import (
     PairedTrainingSet,
     SyntheticTrainingSet,
     build_run_data,
+    holdout_indices,
     linear_to_srgb,
     list_pairs,
     sample_indices,
@@ -73,6 +74,26 @@ def test_lol_layout_uses_eval15_for_validation(tmp_path: Path) -> None:
     assert run.val is not None and len(run.val) == 2
     with pytest.raises(UsageError, match="LOL layout"):
         build_run_data("lol", tmp_path / "lol" / "nothing")
+
+
+def test_holdout_is_spread_fixed_and_leaves_training_pairs() -> None:
+    assert holdout_indices(310, 15)[:2] == [0, 22] and holdout_indices(310, 15)[-1] == 309
+    assert len(holdout_indices(310, 15)) == 15
+    assert holdout_indices(10, 0) == [] and holdout_indices(10, 1) == [5]
+    with pytest.raises(UsageError, match="hold out"):
+        holdout_indices(4, 4)
+
+
+def test_lol_holdout_validates_on_training_pairs_and_leaves_eval15(tmp_path: Path) -> None:
+    _pairs_dir(tmp_path / "lol" / "our485", n=7)
+    _pairs_dir(tmp_path / "lol" / "eval15", n=2)
+    run = build_run_data("lol", tmp_path / "lol", workers=1, holdout=3)
+    assert run.val is not None and run.val.names == ["0", "3", "6"]
+    train_names = run.train.images.names  # type: ignore[attr-defined]
+    assert train_names == ["1", "2", "4", "5"]
+    # Named by data set, not by the folder's absolute path on this machine.
+    assert "lol/our485" in run.description and str(tmp_path) not in run.description
+    assert "0, 3, 6" in run.description
 
 
 def test_indices_cover_each_epoch_once() -> None:

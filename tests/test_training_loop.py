@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -100,6 +101,7 @@ def _cfg(tmp: Path, data: Path, val: Path | None, name: str, **kw) -> TrainConfi
         recipe=kw.pop("recipe", _recipe()),
         out=tmp / name,
         device="cpu",
+        precision="fp32",
         seed=kw.pop("seed", 3),
         workers=1,
         **kw,
@@ -325,6 +327,7 @@ def _model_cfg(tmp: Path, data: Path, name: str, run: str, vgg: Path, **kw) -> T
         recipe=kw.pop("recipe", _model_recipe(name)),
         out=tmp / run,
         device="cpu",
+        precision="fp32",
         seed=1,
         workers=1,
         vgg=vgg,
@@ -461,7 +464,7 @@ def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
 
 _HELD_SCRIPT = """
 import os, torch
-from lowlight_cli.training.loop import _all_reduce
+from lowlight_cli.training.distributed import _all_reduce
 torch.distributed.init_process_group("gloo")
 held = 0
 for i in range(200):
@@ -533,3 +536,167 @@ def test_train_command_time_limit_then_resume_and_export(
     exported = out / "neid.pairs.safetensors"
     assert exported.is_file()
     assert exported.name in json.dumps(json.loads(stdout))
+
+
+class _Messages(Reporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_budget_fits_the_whole_schedule_into_the_time(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+) -> None:
+    """--budget: the run's length comes from the measured s/step, and the schedule's decays
+    are compressed into it, so the run ends at the last (lowest) learning rate."""
+    recipe = _recipe(iterations=100_000, milestones=(50_000, 75_000), val_every=50)
+    reporter = _Messages()
+    result = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "budget", recipe=recipe, budget=3.0),
+        model=_model(),
+        reporter=reporter,
+    )
+    assert result.finished and 4 <= result.total_steps < 100_000
+    fitted = [line for line in reporter.lines if line.startswith("budget:")]
+    assert len(fitted) == 1 and f"{result.total_steps} steps" in fitted[0]
+    ckpt = torch.load(tmp_path / "budget" / LAST, weights_only=False)
+    schedule = ckpt["schedule"]
+    assert schedule["total_steps"] == result.total_steps
+    # Both decays happen inside the fitted run, at the recipe's proportions (50 % and 75 %).
+    assert len(schedule["milestones"]) == 2
+    assert all(m < result.total_steps for m in schedule["milestones"])
+    lrs = [r["lr"] for r in result.history if r["kind"] == "train"]
+    assert lrs[-1] == pytest.approx(recipe.lr * recipe.gamma**2)
+
+
+def test_budget_and_steps_are_exclusive(tmp_path: Path, pairs_dir: Path) -> None:
+    from lowlight_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="budget"):
+        train(_cfg(tmp_path, pairs_dir, None, "x", budget=60.0, steps=5), model=_model())
+
+
+def test_ema_is_validated_beside_the_live_weights_and_exported(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+) -> None:
+    result = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "ema", recipe=_recipe(ema_decay=0.5)),
+        model=_model(),
+    )
+    vals = [r for r in result.history if r["kind"] == "val"]
+    assert vals and all("psnr_live" in r and "ssim_live" in r for r in vals)
+    ckpt = torch.load(tmp_path / "ema" / LAST, weights_only=False)
+    live, ema = ckpt["model_state"], ckpt["ema"]
+    assert any(not torch.equal(live[k], ema[k]) for k in ema)
+    info = export_checkpoint(tmp_path / "ema" / LAST, tmp_path / "ema.safetensors")
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "ema.safetensors")
+    key = next(iter(ema))
+    assert torch.equal(exported[key].float(), ema[key].half().float())
+    assert info["details"]["steps"] == 12
+
+
+def test_cpu_settings_are_measured_restored_and_kept_on_resume(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision auto + no memory format on a CPU: each candidate is timed, the probe leaves the
+    weights as they were, the choice is logged and stored, and --resume keeps it."""
+    import lowlight_cli.training.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    reporter = _Messages()
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = _cfg(tmp_path, pairs_dir, val_dir, "auto", stop_at=1)
+    cfg = dataclasses.replace(cfg, precision="auto", channels_last=None)
+    train(cfg, model=model, reporter=reporter)
+    probe = [line for line in reporter.lines if line.startswith("CPU settings")]
+    assert len(probe) == 1
+    for name in ("fp32 ", "fp32+channels_last", "bf16 ", "bf16+channels_last"):
+        assert name in probe[0] + " "
+    ckpt = torch.load(tmp_path / "auto" / LAST, weights_only=False)
+    chosen = ckpt["prepared"]["cpu_settings"]
+    assert chosen["precision"] in ("fp32", "bf16") and len(chosen["seconds"]) == 4
+    # The probe itself leaves every weight and random state as it found them.
+    from lowlight_cli.training.data import Augment, build_run_data
+    from lowlight_cli.training.loop import _time_candidates
+    from lowlight_cli.training.tasks import Task
+
+    probed = _model()
+    task = Task(probed, _recipe(), cfg, torch.device("cpu"))
+    rng_before = torch.get_rng_state()
+    timings = _time_candidates(
+        task,
+        build_run_data("pairs", pairs_dir, workers=1),
+        Augment(patch=24),
+        2,
+        3,
+        [(None, False), (torch.bfloat16, True)],
+    )
+    assert len(timings) == 2 and all(t > 0 for _, t in timings)
+    assert all(torch.equal(before[k], v) for k, v in probed.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    resumed = _Messages()
+    train(
+        dataclasses.replace(cfg, resume=tmp_path / "auto" / LAST, stop_at=2),
+        model=_model(),
+        reporter=resumed,
+    )
+    assert not [line for line in resumed.lines if line.startswith("CPU settings")]
+    assert (
+        torch.load(tmp_path / "auto" / LAST, weights_only=False)["prepared"]["cpu_settings"]
+        == chosen
+    )
+
+
+def test_bf16_cpu_training_step_runs_and_matches_fp32(small_pairs: Path) -> None:
+    """A real model's loss under CPU bf16 autocast, as `--precision bf16` trains, is close to
+    fp32's, and its gradients are finite."""
+    from lowlight_cli.training.precision import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    from lowlight_cli.registry import create_model
+    from lowlight_cli.training.losses import neid_loss
+
+    torch.manual_seed(0)
+    model = create_model("neid", base_channels=8, depth=2, dr_blocks=1)
+    model.reset_parameters()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    high = torch.rand(2, 3, 32, 32)
+    low = torch.nn.functional.avg_pool2d(high * 0.2, 2)
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        model.zero_grad()
+        ctx = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        with ctx:
+            le, dr = model.forward_train(low)
+            loss, _ = neid_loss(le.float(), dr.float(), high)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        losses[dtype] = float(loss)
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.03)
+
+
+def test_neid_kaiming_init_keeps_the_signal(tmp_path: Path, small_pairs: Path, fake_vgg: Path):
+    """The paper's N(0, 0.02) leaves neid's output ~1e-5 from an input of ~0.15 (no normalisation
+    layers); --set init=kaiming starts with a signal of the input's order."""
+    stds = {}
+    for init in ("paper", "kaiming"):
+        recipe = dataclasses.replace(_model_recipe("neid", lr=1e-3), init=init)
+        result = train(
+            _model_cfg(tmp_path, small_pairs, "neid", init, fake_vgg, recipe=recipe, stop_at=1)
+        )
+        from lowlight_cli.registry import create_model
+
+        model = create_model("neid", **recipe.model_kwargs)
+        model.load_state_dict(torch.load(result.last_checkpoint, weights_only=False)["model_state"])
+        torch.manual_seed(0)
+        with torch.no_grad():
+            stds[init] = float(model(0.3 * torch.rand(1, 3, 64, 64)).std())
+    assert stds["paper"] < 1e-3 < stds["kaiming"]

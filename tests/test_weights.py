@@ -538,7 +538,7 @@ def _bundle(tmp_path, monkeypatch, state: dict[str, torch.Tensor], weights_id: s
         file, sha256=digest, size=size, license="MIT", origin="test", training="none"
     )
     write_manifest(tmp_path, monkeypatch, {weights_id: entry})
-    monkeypatch.setattr(W, "bundled_dir", lambda: bundled)
+    monkeypatch.setattr(W.store, "bundled_dir", lambda: bundled)
     return bundled / file
 
 
@@ -630,7 +630,7 @@ def test_vgg16_download_keeps_only_conv_subset(server, tmp_path, monkeypatch):
         cache_subset={"file": "vgg16-397923af.features.safetensors", "keep_prefix": "features."},
     )
     write_manifest(tmp_path, monkeypatch, {W.VGG16_ID: entry})
-    monkeypatch.setattr(W, "DEFAULT_DOWNLOAD", FAST)
+    monkeypatch.setattr(W.download, "DEFAULT_DOWNLOAD", FAST)
     path = W.resolve_vgg16()
     assert path == W.cache_dir() / "vgg16-397923af.features.safetensors"
     state = W.read_state_dict(path)
@@ -706,3 +706,25 @@ def test_wheel_contains_manifest_and_bundled(tmp_path):
     for entry in W.parse_manifest(packaged).entries.values():
         if entry.source == "bundled":
             assert f"lowlight_cli/bundled/{entry.file}" in names, entry.id
+
+
+def _absolute_paths(text: str) -> list[str]:
+    import re
+
+    without_urls = re.sub(r"[a-z]+://\S+", "", text)
+    return re.findall(r"(?<![\w.~])/[\w.-]+/[\w./-]*", without_urls)
+
+
+def test_shipped_manifest_and_weights_name_no_machine_paths() -> None:
+    """What ships describes data by name (``lol/our485``), never by the absolute folder of the
+    machine that trained it."""
+    from safetensors import safe_open
+
+    assert _absolute_paths("pairs:/home/me/data/lol/our485 (210 pairs)")  # the check works
+    assert not _absolute_paths("pairs:lol/our485; https://example.org/a/b.pth")
+    manifest = Path(W.manifest_path()).read_text()
+    assert not _absolute_paths(manifest)
+    for path in sorted(Path(W.bundled_dir()).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = json.dumps(f.metadata() or {})
+        assert not _absolute_paths(meta), path.name

@@ -27,7 +27,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def two_files(server, tmp_path, monkeypatch):
     """'toy.a' (served) and 'toy.b' (served with a wrong sha256 in the manifest)."""
-    monkeypatch.setattr(W, "DEFAULT_DOWNLOAD", FAST)
+    monkeypatch.setattr(W.download, "DEFAULT_DOWNLOAD", FAST)
     a, b = payload(30_000, seed=1), payload(20_000, seed=2)
     server.state.files["/a.safetensors"] = a
     server.state.files["/b.safetensors"] = b

@@ -124,12 +124,12 @@ def providers_for(device: str, available: list[str]) -> tuple[list[Any], str]:
 
 def cached_graph_path(spec: ModelSpec, weights_sha: str, *, upscale: bool, precision: str) -> Path:
     """Where the exported graph for these weights lives in the cache."""
-    from lowlight_cli import __version__
+    from lowlight_cli.constants import VERSION
     from lowlight_cli.export import DEFAULT_OPSET
     from lowlight_cli.weights import cache_dir
 
     mode = "x2" if upscale else "x1"
-    key = f"{precision}-opset{DEFAULT_OPSET}-v{__version__}-{weights_sha[:16]}"
+    key = f"{precision}-opset{DEFAULT_OPSET}-v{VERSION}-{weights_sha[:16]}"
     return cache_dir() / "onnx" / f"{spec.name}-{mode}-{key}.onnx"
 
 

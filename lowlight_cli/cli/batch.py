@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from lowlight_cli.camera_raw import RAW_EXTENSIONS
 from lowlight_cli.cli.enhance import (
     BACKEND_OPTION,
     BIT_DEPTH_OPTION,
@@ -43,8 +44,13 @@ from lowlight_cli.errors import BatchFailedError, LowlightError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from lowlight_cli.image_io import Photo
 
-# Suffixes read as inputs (lower case); everything else in the folder is ignored.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+# Suffixes read as inputs (lower case; names match in any case); everything else in the folder
+# is ignored. Camera RAW files are inputs too: without the raw extra each one fails with the
+# command that installs it, and the rest of the batch goes on.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif", ".hif", ".avif"}
+    | RAW_EXTENSIONS
+)
 
 
 @dataclass

@@ -78,13 +78,19 @@ STRENGTH_OPTION = typer.Option(
 )
 UPSCALE_OPTION = typer.Option(False, "--upscale", help="Also enlarge x2 (neid only).")
 FORMAT_OPTION = typer.Option(
-    None, "--format", "-f", help="Output format: jpg, png, tif, webp, bmp (default: the input's)."
+    None,
+    "--format",
+    "-f",
+    help="Output format: jpg, png, tif, webp, bmp, heic, avif (default: the input's; "
+    "16-bit PNG for camera RAW).",
 )
 QUALITY_OPTION = typer.Option(
-    DEFAULT_JPEG_QUALITY, "--quality", "-q", min=1, max=100, help="JPEG/WebP quality."
+    DEFAULT_JPEG_QUALITY, "--quality", "-q", min=1, max=100, help="JPEG/WebP/HEIC/AVIF quality."
 )
 BIT_DEPTH_OPTION = typer.Option(
-    None, "--bit-depth", help="8 or 16 (PNG/TIFF); default: the input's."
+    None,
+    "--bit-depth",
+    help="8 or 16 (PNG/TIFF; HEIC stores 16 as 10 or 12 bits); default: the input's.",
 )
 SUFFIX_OPTION = typer.Option(
     DEFAULT_SUFFIX, "--suffix", help="Appended to the input's name for the output's."
@@ -155,7 +161,8 @@ def check_output_options(fmt: str | None, bit_depth: int | None) -> str | None:
             raise UsageError(f"--bit-depth must be 8 or 16, not {bit_depth}")
         if name is not None and bit_depth not in FORMATS[name].bit_depths:
             raise UsageError(
-                f"{name} cannot store {bit_depth}-bit images", hint="use PNG or TIFF for 16-bit"
+                f"{name} cannot store {bit_depth}-bit images",
+                hint="use PNG, TIFF or HEIC for 16-bit",
             )
     return name
 

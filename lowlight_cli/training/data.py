@@ -179,7 +179,51 @@ def load_pairs(folder: str | Path, *, workers: int = 2) -> PairedImages:
     for (name, *_), lo, hi in zip(pairs, low, high, strict=True):
         if lo.shape != hi.shape:
             raise UsageError(f"pair {name} in {folder}: low {lo.shape} and high {hi.shape} differ")
-    return PairedImages([n for n, *_ in pairs], low, high, source=str(folder))
+    return PairedImages([n for n, *_ in pairs], low, high, source=dataset_name(folder))
+
+
+def dataset_name(folder: str | Path) -> str:
+    """How a data folder is named in logs, checkpoints and manifests: its last two path parts
+    (``lol/our485``), never the absolute path of the machine that trained."""
+    parts = Path(folder).resolve().parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(folder)
+
+
+def holdout_indices(n: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(n)`` (first and last included).
+
+    The validation split held out of a training set: chosen by position in name order, not by
+    seed, so every run on the same data holds out the same pairs.
+
+    Raises:
+        UsageError: nothing would be left to train on.
+    """
+    if count <= 0:
+        return []
+    if count >= n:
+        raise UsageError(
+            f"cannot hold out {count} of {n} pairs for validation and still train",
+            hint="use a smaller --val-holdout or give --val",
+        )
+    if count == 1:
+        return [n // 2]
+    return sorted({round(k * (n - 1) / (count - 1)) for k in range(count)})
+
+
+def split_pairs(images: PairedImages, count: int) -> tuple[PairedImages, PairedImages]:
+    """``(train, validation)``: ``count`` pairs held out by :func:`holdout_indices`."""
+    held = set(holdout_indices(len(images), count))
+
+    def pick(keep: bool) -> PairedImages:
+        idx = [i for i in range(len(images)) if (i in held) != keep]
+        return PairedImages(
+            [images.names[i] for i in idx],
+            [images.low[i] for i in idx],
+            [images.high[i] for i in idx],
+            source=images.source,
+        )
+
+    return pick(True), pick(False)
 
 
 # ---- synthetic degradation ---------------------------------------------------------------------
@@ -393,7 +437,7 @@ class PairedTrainingSet(TrainingSet):
 
     def __init__(self, images: PairedImages) -> None:
         self.images = images
-        self.description = f"pairs:{images.source} ({len(images)} pairs)"
+        self.description = f"pairs:{images.source} ({len(images)} training pairs)"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -470,6 +514,7 @@ def build_run_data(
     seed: int = 0,
     workers: int = 2,
     normal_only: bool = False,
+    holdout: int = 0,
 ) -> RunData:
     """Decode the training (and validation) data of a run.
 
@@ -482,6 +527,8 @@ def build_run_data(
         workers: decoding threads.
         normal_only: train on normal-light images only (frlie stage 1): both sides of each
             pair are the ground truth.
+        holdout: without ``val``, hold this many training pairs out for validation
+            (:func:`holdout_indices`); ``lol`` then does not load eval15, which stays a test set.
 
     Raises:
         UsageError: unknown kind or a folder in the wrong layout.
@@ -508,8 +555,11 @@ def build_run_data(
         images = load_pairs(split, workers=workers)
         if normal_only:
             images = PairedImages(images.names, images.high, images.high, images.source)
+        if val is None and holdout > 0:
+            images, val_images = split_pairs(images, holdout)
+            val_images.source = f"{images.source} held out: {', '.join(val_images.names)}"
         train = PairedTrainingSet(images)
-        if val is None and kind == "lol":
+        if val is None and val_images is None and kind == "lol":
             val = data
     if val is not None:
         val_images = load_pairs(paired_split(val, "val"), workers=workers)

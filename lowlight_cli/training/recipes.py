@@ -272,6 +272,9 @@ class NEIDRecipe(Recipe):
 
     256 ground-truth crops; the aligned low-light crop is downsampled x2 (bicubic) to the
     128 x 128 input; vertical flips and 90-degree rotations only (no horizontal flip, as written).
+    ``init``: ``paper`` (conv weights N(0, 0.02)) or ``kaiming`` (He normal, fan-in, for the
+    ReLUs): without normalisation layers the paper's init shrinks the signal to ~1e-5 by the
+    output and training starts slowly (measured in docs/models.md).
     """
 
     model: str = "neid"
@@ -283,6 +286,7 @@ class NEIDRecipe(Recipe):
     patch: int = 256
     hflip: bool = False
     input_downscale: int = 2
+    init: str = "paper"
 
 
 RECIPES: dict[str, type[Recipe]] = {

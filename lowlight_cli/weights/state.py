@@ -1,0 +1,136 @@
+"""State-dict files: read ``.safetensors`` and ``.pth``/``.pt`` (``torch.load(weights_only=True)``,
+never pickled code), and write fp16 safetensors atomically for shipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lowlight_cli.errors import WeightsError
+from lowlight_cli.weights.download import file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth``/``.pt`` file into a CPU state dict.
+
+    ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses pickled code.
+    A checkpoint dict holding its weights under ``state_dict`` or ``model`` is unwrapped, and a
+    ``module.`` prefix (DataParallel) is removed.
+
+    Args:
+        path: the file.
+        keep_dtype: keep stored dtypes; by default floating tensors become float32.
+
+    Raises:
+        WeightsError: unreadable file, unsupported format, not a tensor dict.
+    """
+    import torch
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        elif suffix in (".pth", ".pt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".onnx":
+            raise WeightsError(
+                f"{path.name} is an ONNX model, not a state dict",
+                hint="use it with --backend onnx",
+            )
+        else:
+            raise WeightsError(
+                f"unsupported weights file {path.name}",
+                hint="use a .safetensors, .pth or .pt file",
+            )
+    except WeightsError:
+        raise
+    except Exception as exc:  # safetensors/torch raise many types for corrupt files
+        raise WeightsError(
+            f"cannot read weights {path}: {exc}",
+            hint="the file may be truncated or not a weights file; download it again",
+        ) from exc
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsError(
+            f"{path} does not hold a state dict of tensors",
+            hint="save model.state_dict() (or use the trainer's --export)",
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    if keep_dtype:
+        return dict(state)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def _save_safetensors(state: Mapping[str, Any], path: Path, metadata: Mapping[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(dict(state), tmp, metadata=dict(metadata))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors_fp16(
+    state: Mapping[str, Any], path: str | Path, metadata: Mapping[str, Any] | None = None
+) -> tuple[str, int]:
+    """Write a state dict as fp16 safetensors (atomically) for shipping.
+
+    Floating tensors are stored as float16 (half the size; the loader widens them back to
+    float32); integer/bool tensors are kept. Values that overflow float16 are refused rather
+    than silently stored as inf.
+
+    Args:
+        state: ``name -> torch.Tensor``.
+        path: destination ``.safetensors`` file.
+        metadata: string metadata (other values are JSON-encoded).
+
+    Returns:
+        ``(sha256, bytes)`` of the written file, for :func:`manifest_entry`.
+
+    Raises:
+        WeightsError: a tensor does not fit in float16, or the path is not ``.safetensors``.
+    """
+    import torch
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path} must end with .safetensors")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        t = value.detach().to("cpu")
+        if t.is_floating_point():
+            half = t.to(torch.float16)
+            if not torch.isfinite(half).all() and torch.isfinite(t).all():
+                raise WeightsError(
+                    f"tensor '{key}' overflows float16 (max |x| = {t.abs().max().item():.3g})",
+                    hint="ship this model in float32 or rescale the layer",
+                )
+            t = half
+        # Copies: safetensors refuses tensors that share memory (tied weights).
+        out[key] = t.contiguous().clone()
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    _save_safetensors(out, path, meta)
+    return file_sha256(path), path.stat().st_size
