@@ -172,7 +172,8 @@ def test_interrupted_enhance_of_many_photos_says_how_far_it_got(tmp_path: Path, 
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None and not any(out.iterdir()):
+    # Wait for a finished photo, not a temp file (an interrupt would rightly remove that one).
+    while time.monotonic() < deadline and proc.poll() is None and not any(out.glob("*.png")):
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -184,6 +185,28 @@ def test_interrupted_enhance_of_many_photos_says_how_far_it_got(tmp_path: Path, 
     for path in files:
         with Image.open(path) as image:
             image.load()  # complete images only
+
+
+def test_an_interrupt_right_after_a_photo_is_written_still_counts_it(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal between the output's atomic rename and the run's bookkeeping: counted as written."""
+    import lowlight_cli.image_io as image_io
+
+    real_write = image_io.write_image
+
+    def write_then_interrupt(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt  # as if SIGTERM arrived the moment the rename finished
+
+    monkeypatch.setattr(image_io, "write_image", write_then_interrupt)
+    inputs = [str(_dark(tmp_path / f"img{i}.png", seed=i)) for i in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cli(["enhance", *inputs, "-o", str(out), "-m", "gamma"])
+    assert result.exit_code == 130, result.output
+    assert [p.name for p in out.iterdir()] == ["img0_enhanced.png"]
+    assert "interrupted: 1 of 3 photos written, none half-written" in result.stderr
 
 
 def test_strength_zero_keeps_the_photo(cli, tmp_path: Path) -> None:

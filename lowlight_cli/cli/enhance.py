@@ -290,16 +290,24 @@ def enhance(
     show_progress = progress_enabled()
     delay = delay_for_tests()
     records: list[dict[str, Any]] = []
+    # The photo in progress and its output file's identity before it: an interrupt can land
+    # after the output's atomic rename but before its record, and must still count it.
+    current: tuple[str, tuple[int, int] | None] | None = None
     with sigterm_as_interrupt():
         try:
             for src, dest in plan:
                 if delay:
                     time.sleep(delay)
+                current = (dest, _file_identity(dest))
                 record = _enhance_one(enhancer, src, dest, write_options, show_progress)
                 records.append(record)
+                current = None
                 if not as_json and dest != "-":
                     typer.echo(record["output"])
         except KeyboardInterrupt:
+            written = len(records)
+            if current is not None and current[0] != "-":
+                written += _file_identity(current[0]) not in (None, current[1])
             # Writes are atomic: the photo in progress leaves nothing, finished ones stay.
             # Typer ends the run with exit 130 and no message, so say where it stopped.
             hint = None
@@ -308,10 +316,21 @@ def enhance(
                     "enhance the rest again (existing outputs are refused without --overwrite), "
                     "or use `lowlight batch`, which skips them"
                 )
-            print_interrupted(len(records), len(plan), hint=hint)
+            print_interrupted(written, len(plan), hint=hint)
             raise
     if as_json:
         print_json({"files": records})
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(inode, mtime_ns)`` of ``path``, None when it does not exist (or is stdout)."""
+    if path == "-":
+        return None
+    try:
+        stat = Path(path).expanduser().stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _enhance_one(
