@@ -26,8 +26,8 @@ import numpy as np
 from lowlight_cli.backends.base import Backend, OutOfMemory
 from lowlight_cli.constants import DEFAULT_TILE_OVERLAP, DEFAULT_WORKING_SIZE_MP
 from lowlight_cli.errors import ResourceError, UsageError
-from lowlight_cli.registry import ModelSpec, get_spec
-from lowlight_cli.tiling import Tile, merge_tile, plan_tiles
+from lowlight_cli.registry import ModelSpec, check_upscale, get_spec
+from lowlight_cli.tiling import extract_tile, merge_tile, plan_tiles, round_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -345,7 +345,7 @@ class Enhancer:
         # The model sees input pixels; an x2 model's activations grow with its output size.
         per_pixel *= self.scale * self.scale
         m = self.spec.size_multiple
-        padded = _round_up(height, m) * _round_up(width, m)
+        padded = round_up(height, m) * round_up(width, m)
         if padded * per_pixel <= whole_budget and max(height, width) <= MAX_AUTO_TILE:
             return 0
         pixels = budget / per_pixel
@@ -356,7 +356,7 @@ class Enhancer:
 
     def _smaller_tile(self, tile: int, shape: tuple[int, ...]) -> int:
         m = self.spec.size_multiple
-        current = tile or max(_round_up(shape[0], m), _round_up(shape[1], m))
+        current = tile or max(round_up(shape[0], m), round_up(shape[1], m))
         return ((current // 2) // m) * m
 
     def _tile_geometry(self, tile: int) -> tuple[int, int]:
@@ -372,18 +372,18 @@ class Enhancer:
     def _run(self, image: np.ndarray, tile: int, progress: ProgressCallback | None) -> np.ndarray:
         h, w = image.shape[:2]
         m, s = self.spec.size_multiple, self.scale
-        hp, wp = _round_up(h, m), _round_up(w, m)
+        hp, wp = round_up(h, m), round_up(w, m)
         overlap, margin = self._tile_geometry(tile)
         tiles = plan_tiles(hp, wp, tile, overlap, m, margin=margin)
         if len(tiles) == 1:
-            y = self.backend.run(_extract(image, tiles[0], hp, wp))
+            y = self.backend.run(extract_tile(image, tiles[0], hp, wp))
             if progress is not None:
                 progress(1, 1)
             return np.ascontiguousarray(y[0, :, : h * s, : w * s].transpose(1, 2, 0))
         stats = self._context_stats(image, tile) if self.context_pass else None
         out = np.zeros((h * s, w * s, 3), dtype=np.float32)
         for done, t in enumerate(tiles, start=1):
-            y = self.backend.run(_extract(image, t, hp, wp), stats)
+            y = self.backend.run(extract_tile(image, t, hp, wp), stats)
             merge_tile(out, y[0].transpose(1, 2, 0), t, scale=s)
             del y
             if progress is not None:
@@ -405,9 +405,9 @@ class Enhancer:
         else:
             small = image
         sh, sw = small.shape[:2]
-        hp, wp = _round_up(sh, m), _round_up(sw, m)
+        hp, wp = round_up(sh, m), round_up(sw, m)
         whole = plan_tiles(hp, wp, 0, 0, m)[0]
-        return self.backend.context(_extract(small, whole, hp, wp))
+        return self.backend.context(extract_tile(small, whole, hp, wp))
 
     def _blend_with_input(self, out: np.ndarray, image: np.ndarray) -> None:
         """``out = image + strength * (out - image)``, in place (input upscaled for x2 models)."""
@@ -448,53 +448,7 @@ def shrunk_shape(height: int, width: int, megapixels: float) -> tuple[int, int] 
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def check_upscale(spec: ModelSpec, upscale: bool) -> None:
-    """Raise UsageError when ``upscale`` is asked of a model without an x2 mode."""
-    if upscale and "upscale" not in spec.kwargs:
-        capable = ", ".join(n for n, s in _models().items() if "upscale" in s.kwargs) or "none"
-        raise UsageError(
-            f"model '{spec.name}' has no x2 mode", hint=f"--upscale works with: {capable}"
-        )
-
-
-def _models() -> dict[str, ModelSpec]:
-    from lowlight_cli.registry import MODELS
-
-    return MODELS
-
-
 def _torch_device(name: str):  # -> torch.device
     import torch
 
     return torch.device(name)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _axis_index(start: int, stop: int, size: int, padded: int) -> slice | np.ndarray:
-    """Source rows/columns for ``[start, stop)`` of an axis padded from ``size`` to ``padded``.
-
-    Reflect padding (no repeated edge pixel), or edge replication when the image is too small to
-    reflect (``padded - size >= size``).
-    """
-    if stop <= size:
-        return slice(start, stop)
-    index = np.arange(start, stop)
-    beyond = index >= size
-    if padded - size < size:
-        index[beyond] = 2 * (size - 1) - index[beyond]
-    else:
-        index[beyond] = size - 1
-    return index
-
-
-def _extract(image: np.ndarray, tile: Tile, hp: int, wp: int) -> np.ndarray:
-    """The tile's pixels from the unpadded ``image`` as ``(1, 3, h, w)`` float32 (a copy)."""
-    h, w = image.shape[:2]
-    rows = _axis_index(tile.y.start, tile.y.stop, h, hp)
-    cols = _axis_index(tile.x.start, tile.x.stop, w, wp)
-    part = image[rows] if isinstance(rows, slice) else np.take(image, rows, axis=0)
-    part = part[:, cols] if isinstance(cols, slice) else np.take(part, cols, axis=1)
-    return np.ascontiguousarray(part.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -355,8 +355,7 @@ def export_model(
     Raises:
         UsageError, WeightsError, ExportError.
     """
-    from lowlight_cli.engine import check_upscale
-    from lowlight_cli.registry import get_spec, load_model
+    from lowlight_cli.registry import check_upscale, get_spec, load_model
 
     spec = get_spec(name)
     check_upscale(spec, upscale)
@@ -477,8 +476,7 @@ def _cpu_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def _padded_random(rng: np.random.Generator, height: int, width: int, multiple: int) -> np.ndarray:
     """A dark, smooth random photo ``(1, 3, H', W')``, reflect-padded to ``multiple`` as the
     engine pads."""
-    from lowlight_cli.engine import _extract, _round_up
-    from lowlight_cli.tiling import plan_tiles
+    from lowlight_cli.tiling import extract_tile, plan_tiles, round_up
 
     base = rng.random((height // 8 + 2, width // 8 + 2, 3), dtype=np.float32)
     import cv2
@@ -486,8 +484,8 @@ def _padded_random(rng: np.random.Generator, height: int, width: int, multiple: 
     image = cv2.resize(base, (width, height), interpolation=cv2.INTER_LINEAR)
     image += 0.05 * rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(image * 0.4, 0.0, 1.0)  # dark, like the photos the models are for
-    hp, wp = _round_up(height, multiple), _round_up(width, multiple)
-    return _extract(image, plan_tiles(hp, wp, 0, 0, multiple)[0], hp, wp)
+    hp, wp = round_up(height, multiple), round_up(width, multiple)
+    return extract_tile(image, plan_tiles(hp, wp, 0, 0, multiple)[0], hp, wp)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -155,6 +155,15 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[base]
 
 
+def check_upscale(spec: ModelSpec, upscale: bool) -> None:
+    """Raise UsageError when ``upscale`` is asked of a model without an x2 mode."""
+    if upscale and "upscale" not in spec.kwargs:
+        capable = ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"
+        raise UsageError(
+            f"model '{spec.name}' has no x2 mode", hint=f"--upscale works with: {capable}"
+        )
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build model ``name`` with random (untrained) weights in eval mode."""
     model = get_spec(name).build(**overrides)

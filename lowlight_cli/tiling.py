@@ -190,3 +190,35 @@ def merge_tile(accumulator: np.ndarray, output: np.ndarray, tile: Tile, *, scale
     weights = blend_weights(tile, scale)[: y1 - y0, : x1 - x0]
     part = output[: y1 - y0, : x1 - x0]
     accumulator[y0:y1, x0:x1] += part * weights[..., None]
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
+
+
+def _axis_index(start: int, stop: int, size: int, padded: int) -> slice | np.ndarray:
+    """Source rows/columns for ``[start, stop)`` of an axis padded from ``size`` to ``padded``.
+
+    Reflect padding (no repeated edge pixel), or edge replication when the image is too small to
+    reflect (``padded - size >= size``).
+    """
+    if stop <= size:
+        return slice(start, stop)
+    index = np.arange(start, stop)
+    beyond = index >= size
+    if padded - size < size:
+        index[beyond] = 2 * (size - 1) - index[beyond]
+    else:
+        index[beyond] = size - 1
+    return index
+
+
+def extract_tile(image: np.ndarray, tile: Tile, hp: int, wp: int) -> np.ndarray:
+    """The tile's pixels from the unpadded ``image`` as ``(1, 3, h, w)`` float32 (a copy)."""
+    h, w = image.shape[:2]
+    rows = _axis_index(tile.y.start, tile.y.stop, h, hp)
+    cols = _axis_index(tile.x.start, tile.x.stop, w, wp)
+    part = image[rows] if isinstance(rows, slice) else np.take(image, rows, axis=0)
+    part = part[:, cols] if isinstance(cols, slice) else np.take(part, cols, axis=1)
+    return np.ascontiguousarray(part.transpose(2, 0, 1)[None], dtype=np.float32)

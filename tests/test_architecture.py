@@ -4,8 +4,9 @@ Every ``import`` of a ``lowlight_cli`` module counts: at top level, inside funct
 ``TYPE_CHECKING`` (a cycle hidden in a function is still two modules that each need the other).
 Relative imports are resolved. The implicit import of a parent package (``lowlight_cli.cli`` when
 ``lowlight_cli.cli.batch`` is imported) is not an edge; ``from lowlight_cli import __version__``
-is one, to the package's ``__init__``. Imports by computed name (``importlib.import_module``)
-are not seen.
+is one, to the package's ``__init__``. ``importlib.import_module`` counts when its name is a
+literal, or an f-string with a literal prefix (an edge to every module under that prefix); a name
+held in a variable is not seen.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                 for alias in node.names
             ]
+        elif isinstance(node, ast.Call) and _is_import_module(node.func) and node.args:
+            targets = _computed_targets(node.args[0], modules)
         else:
             continue
         for target in targets:
@@ -67,6 +70,25 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if module is not None and module != name:
                 found.add(module)
     return found
+
+
+def _is_import_module(func: ast.expr) -> bool:
+    """``importlib.import_module`` or a bare ``import_module``."""
+    if isinstance(func, ast.Attribute):
+        return func.attr == "import_module"
+    return isinstance(func, ast.Name) and func.id == "import_module"
+
+
+def _computed_targets(arg: ast.expr, modules: dict[str, Path]) -> list[str]:
+    """Modules an ``import_module(arg)`` can load: a literal name, or for an f-string with a
+    literal prefix (``f"lowlight_cli.backends.{key}"``) every module under that prefix."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return [arg.value]
+    if isinstance(arg, ast.JoinedStr) and arg.values:
+        head = arg.values[0]
+        if isinstance(head, ast.Constant) and isinstance(head.value, str) and head.value:
+            return [m for m in modules if m.startswith(head.value)]
+    return []
 
 
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
@@ -181,3 +203,26 @@ def test_an_acyclic_package_passes(tmp_path: Path) -> None:
 
     assert graph == {"pkg": {"pkg.engine"}, "pkg.engine": {"pkg.errors"}, "pkg.errors": set()}
     assert find_cycles(graph) == []
+
+
+def test_import_module_with_a_literal_or_a_literal_prefix_is_an_edge(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "backends").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "engine.py").write_text(
+        "import importlib\n"
+        "def backend(key):\n    return importlib.import_module(f'pkg.backends.{key}')\n"
+    )
+    (pkg / "backends" / "__init__.py").write_text("")
+    (pkg / "backends" / "onnx.py").write_text("def f():\n    from pkg import export\n")
+    (pkg / "export.py").write_text(
+        "from importlib import import_module\ndef g():\n    import_module('pkg.engine')\n"
+    )
+
+    graph = import_graph(pkg, "pkg")
+
+    assert graph["pkg.engine"] == {"pkg.backends.onnx"}
+    assert graph["pkg.export"] == {"pkg.engine"}
+    assert find_cycles(graph) == [
+        ["pkg.backends.onnx", "pkg.export", "pkg.engine", "pkg.backends.onnx"]
+    ]

@@ -17,11 +17,11 @@ from torch import nn
 from lowlight_cli import engine as engine_module
 from lowlight_cli.backends.base import Backend, OutOfMemory, is_out_of_memory
 from lowlight_cli.devices import resolve_device, resolve_precision
-from lowlight_cli.engine import Enhancer, _extract, parse_tile
+from lowlight_cli.engine import Enhancer, parse_tile
 from lowlight_cli.errors import ResourceError, UsageError
 from lowlight_cli.models.blocks import global_avg_pool
 from lowlight_cli.registry import MODELS, NEURAL_MODELS, ModelSpec, create_model, get_spec
-from lowlight_cli.tiling import plan_tiles
+from lowlight_cli.tiling import extract_tile, plan_tiles
 
 
 class PoolingNet(nn.Module):
@@ -78,7 +78,7 @@ def test_output_size_equals_input_size(h: int, w: int) -> None:
 def test_padding_reflects_and_falls_back_to_replicate() -> None:
     image = _image(37, 5)
     (whole,) = plan_tiles(48, 16, 0, 0, 16)
-    got = _extract(image, whole, 48, 16)[0].transpose(1, 2, 0)
+    got = extract_tile(image, whole, 48, 16)[0].transpose(1, 2, 0)
     rows = np.pad(image, ((0, 11), (0, 0), (0, 0)), mode="reflect")  # 11 < 37: reflect
     expected = np.pad(rows, ((0, 0), (0, 11), (0, 0)), mode="edge")  # 11 >= 5: replicate
     np.testing.assert_array_equal(got, expected)

@@ -173,8 +173,8 @@ def _advance(bar: Any, task: Any, done: int, total: int) -> None:
 
 def check_model_options(model: str, tile: str, upscale: bool) -> None:
     """Fail on an unknown model, a bad --tile or a misplaced --upscale before any work."""
-    from lowlight_cli.engine import check_upscale, parse_tile
-    from lowlight_cli.registry import get_spec
+    from lowlight_cli.engine import parse_tile
+    from lowlight_cli.registry import check_upscale, get_spec
 
     check_upscale(get_spec(model), upscale)
     parse_tile(tile)

@@ -35,8 +35,7 @@ def export(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Export a model to ONNX (dynamic batch/height/width, stats input for tiling) and check it."""
-    from lowlight_cli.engine import check_upscale
-    from lowlight_cli.registry import get_spec
+    from lowlight_cli.registry import check_upscale, get_spec
 
     spec = get_spec(model)
     check_upscale(spec, upscale)
