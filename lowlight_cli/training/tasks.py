@@ -76,7 +76,7 @@ def _resolve_vgg_path(cfg: TrainConfig) -> Path:
         return Path(env)
     try:
         from lowlight_cli.weights import resolve_vgg16
-    except ImportError as err:  # weights.py is optional for a training-only checkout
+    except ImportError as err:  # the weights package is optional for a training-only checkout
         raise WeightsError(
             "no VGG-16 weights given", hint=f"pass --vgg PATH or set {ENV_VGG16_PATH}"
         ) from err
