@@ -269,6 +269,36 @@ def test_export_writes_fp16_safetensors(tmp_path: Path, pairs_dir: Path, val_dir
     assert torch.allclose(weight, saved, atol=1e-3)
 
 
+def test_export_names_files_in_prepared_by_file_name_only(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+) -> None:
+    """``--init`` and VGG paths are the trainer's folders: the shipped file keeps their names."""
+    from safetensors import safe_open
+
+    train(
+        _cfg(tmp_path, pairs_dir, val_dir, "exp", recipe=_recipe(iterations=2, val_every=2)),
+        model=_model(),
+    )
+    ckpt = torch.load(tmp_path / "exp" / BEST, weights_only=False)
+    ckpt["prepared"] = {
+        "init": str(tmp_path / "runs" / "nrl.lol.safetensors"),
+        "vgg": "../data/weights/vgg16.npz",
+        "setting": "fp32/bf16",
+        "lambda": 0.58,
+    }
+    torch.save(ckpt, tmp_path / "edited.pt")
+    exported = export_checkpoint(tmp_path / "edited.pt", tmp_path / "t.test.safetensors")
+    with safe_open(str(tmp_path / "t.test.safetensors"), "pt") as fh:
+        prepared = json.loads(fh.metadata()["prepared"])
+    assert prepared == {
+        "init": "nrl.lol.safetensors",
+        "vgg": "vgg16.npz",
+        "setting": "fp32/bf16",
+        "lambda": 0.58,
+    }
+    assert str(tmp_path) not in json.dumps(exported)
+
+
 # ---- the registry's models, tiny -----------------------------------------------------------
 
 TINY_KWARGS = {

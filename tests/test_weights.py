@@ -724,7 +724,9 @@ def test_shipped_manifest_and_weights_name_no_machine_paths() -> None:
     assert not _absolute_paths("pairs:lol/our485; https://example.org/a/b.pth")
     manifest = Path(W.manifest_path()).read_text()
     assert not _absolute_paths(manifest)
+    assert "../" not in manifest
     for path in sorted(Path(W.bundled_dir()).glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:
             meta = json.dumps(f.metadata() or {})
         assert not _absolute_paths(meta), path.name
+        assert "../" not in meta, path.name  # nor the trainer's folder layout (../data/...)

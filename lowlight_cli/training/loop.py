@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -707,6 +707,21 @@ def _load_init(task: Task, path: Path) -> str:
 # ---- export ------------------------------------------------------------------------------------
 
 
+def _file_names_only(prepared: dict[str, Any]) -> dict[str, Any]:
+    """``prepared`` with every file path (``init``, ``vgg``...) cut to its file name.
+
+    Shipped files must not carry the layout of the machine that trained them.
+    """
+    out = {}
+    for key, value in prepared.items():
+        if isinstance(value, str) and ("/" in value or "\\" in value):
+            name = PureWindowsPath(value).name  # splits on both separators
+            if PurePosixPath(name).suffix:  # a file, not a setting such as "fp32/bf16"
+                value = name
+        out[key] = value
+    return out
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     dest: str | Path,
@@ -751,7 +766,7 @@ def export_checkpoint(
         "data": ckpt["data"],
         "scores": scores,
         "recipe": ckpt["recipe"],
-        "prepared": ckpt.get("prepared", {}),
+        "prepared": _file_names_only(ckpt.get("prepared", {})),
     }
     sha, size = save_fp16_safetensors(state, dest, details)
     recipe = ckpt["recipe"]
