@@ -24,9 +24,10 @@ ENV_OFFLINE = "LOWLIGHT_OFFLINE"
 ENV_VGG16_PATH = "LOWLIGHT_VGG16_PATH"
 ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings alone
 
-# The default is the model whose shipped weights score best on LOL eval15 (nrl 19.20 dB /
-# 0.713 SSIM; neid's interim CPU weights 16.00 / 0.639, below the gamma baseline's 16.38 dB,
-# with blurred, colour-shifted output). Revisit when GPU-trained weights land (docs/models.md).
+# The default is the model whose shipped weights score best on LOL eval15 and look natural on
+# real photos: nrl 20.02 dB / 0.730 SSIM (neid 17.70 / 0.679, soft with a colour cast; frlie
+# 17.60 / 0.729, turns the brightest areas black). Revisit when the others catch up
+# (docs/models.md).
 DEFAULT_MODEL = "nrl"
 DEFAULT_DEVICE = "auto"
 # "auto": bf16 where the CPU computes it faster than fp32 (AMX) for models whose output stays
