@@ -306,7 +306,7 @@ def enhance(
                     typer.echo(record["output"])
         except KeyboardInterrupt:
             written = len(records)
-            if current is not None and current[0] != "-":
+            if current is not None:  # stdout ("-") has no identity and never counts here
                 written += _file_identity(current[0]) not in (None, current[1])
             # Writes are atomic: the photo in progress leaves nothing, finished ones stay.
             # Typer ends the run with exit 130 and no message, so say where it stopped.
