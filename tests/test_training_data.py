@@ -148,6 +148,27 @@ def test_augmentations_are_used_and_can_be_disabled() -> None:
     assert all(torch.equal(o, plain) for o in outs)
 
 
+def test_exposure_augmentation_brightens_some_inputs_and_leaves_targets() -> None:
+    # low = high // 4; with the augmentation some crops are brighter by one gain over the whole
+    # crop (clipped at 1), the rest stay exactly as without it, and the targets never change.
+    ds = _paired_set(n=3, h=40, w=50)
+    aug = Augment(patch=20, exposure_gain=8.0, exposure_prob=0.5)
+    brightened = 0
+    for step in range(12):
+        off = ds.sample(0, step, 3, Augment(patch=20))
+        on = ds.sample(0, step, 3, aug)
+        assert torch.equal(off.high, on.high) and on.low.dtype == torch.float32
+        for lo_off, lo_on in zip(off.low, on.low, strict=True):
+            if torch.allclose(lo_off, lo_on, atol=1e-6):
+                continue
+            brightened += 1
+            unclipped = lo_on < 1.0
+            gain = lo_on[unclipped & (lo_off > 0.05)] / lo_off[unclipped & (lo_off > 0.05)]
+            assert float(gain.min()) > 1.0 and float(gain.max() - gain.min()) < 1e-4
+            assert float(gain.max()) <= 8.0 + 1e-4 and float(lo_on.max()) <= 1.0
+    assert 6 <= brightened <= 30  # 36 crops at p = 0.5
+
+
 def test_input_downscale_halves_low_only() -> None:
     ds = _paired_set(n=2, h=40, w=40)
     b = ds.sample(0, 0, 2, Augment(patch=32, input_downscale=2))

@@ -304,6 +304,8 @@ class Augment:
     vflip: bool = True
     rot90: bool = True
     input_downscale: int = 1
+    exposure_gain: float = 1.0
+    exposure_prob: float = 0.5
 
 
 @dataclass
@@ -350,6 +352,21 @@ def _augment(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -
         if k:
             arrays = [np.rot90(a, k) for a in arrays]
     return arrays
+
+
+def _expose(low: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """The exposure augmentation (see :class:`~lowlight_cli.training.recipes.Recipe`).
+
+    Returns float32 in ``[0, 1]`` whenever the augmentation is on, so every crop of a batch has
+    one dtype; draws from ``rng`` only then, so runs without it keep their exact batches.
+    """
+    if aug.exposure_gain <= 1.0:
+        return low
+    out = low.astype(np.float32) / 255.0 if low.dtype == np.uint8 else low.astype(np.float32)
+    if rng.uniform() < aug.exposure_prob:
+        gain = float(np.exp(rng.uniform(0.0, np.log(aug.exposure_gain))))
+        out = np.minimum(out * gain, 1.0)
+    return out
 
 
 def _crop_origin(shape: tuple[int, ...], patch: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -421,7 +438,7 @@ class TrainingSet:
         for j in range(rank, batch_size, world):
             rng = np.random.default_rng([seed, step, j, 0xA06])
             lo, hi = self._sample_one(int(idx[j]), rng, aug)
-            lows.append(lo)
+            lows.append(_expose(lo, rng, aug))
             highs.append(hi)
         low, high = _to_tensor(lows), _to_tensor(highs)
         return Batch(downscale_bicubic(low, aug.input_downscale), high)

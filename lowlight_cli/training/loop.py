@@ -346,6 +346,8 @@ def _train(
         vflip=recipe.vflip,
         rot90=recipe.rot90,
         input_downscale=int(getattr(recipe, "input_downscale", 1)),
+        exposure_gain=float(recipe.exposure_gain),
+        exposure_prob=float(recipe.exposure_prob),
     )
     channels_last = bool(cfg.channels_last)
     if device.type == "cpu":

@@ -70,6 +70,12 @@ class Recipe:
         batch_size: pairs per optimiser step (over all processes).
         patch: training crop size in pixels (of the ground truth).
         hflip, vflip, rot90: random augmentations.
+        exposure_gain: the largest gain of the exposure augmentation (ours, no paper's): with
+            probability ``exposure_prob`` the low-light crop is multiplied by a gain drawn
+            log-uniformly from ``[1, exposure_gain]`` and clipped at 1, the target unchanged.
+            Real photos mix dark and well-lit parts while LOL's inputs are dark everywhere; this
+            teaches a model that a bright input stays bright. ``1`` (default) turns it off.
+        exposure_prob: probability of the exposure augmentation per crop.
         loss: loss of the generic paired task (models without their own task, e.g. test
             stand-ins): ``l2`` or ``l1``.
         val_every: validate every this many steps (0: only at the end).
@@ -96,6 +102,8 @@ class Recipe:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
+    exposure_gain: float = 1.0
+    exposure_prob: float = 0.5
     loss: str = "l2"
     val_every: int = 1000
     log_every: int = 50
