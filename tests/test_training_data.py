@@ -169,6 +169,24 @@ def test_exposure_augmentation_brightens_some_inputs_and_leaves_targets() -> Non
     assert 6 <= brightened <= 30  # 36 crops at p = 0.5
 
 
+def test_exposure_augmentation_to_target_never_makes_an_input_brighter_than_its_target() -> None:
+    # low = high // 4: an uncapped gain of up to 16 often overshoots the target's brightness,
+    # the capped one never does (on average over the crop), yet still brightens some crops.
+    ds = _paired_set(n=3, h=40, w=50)
+    over = {False: 0, True: 0}
+    brightened = 0
+    for to_target in (False, True):
+        aug = Augment(patch=20, exposure_gain=16.0, exposure_prob=1.0, exposure_to_target=to_target)
+        for step in range(12):
+            b = ds.sample(0, step, 3, aug)
+            plain = ds.sample(0, step, 3, Augment(patch=20))
+            for lo, hi, lo0 in zip(b.low, b.high, plain.low, strict=True):
+                over[to_target] += int(float(lo.mean()) > float(hi.mean()) + 1e-4)
+                brightened += int(to_target and float(lo.mean()) > float(lo0.mean()) + 1e-4)
+    assert over[False] > 0 and over[True] == 0
+    assert brightened >= 18
+
+
 def test_input_downscale_halves_low_only() -> None:
     ds = _paired_set(n=2, h=40, w=40)
     b = ds.sample(0, 0, 2, Augment(patch=32, input_downscale=2))

@@ -306,6 +306,7 @@ class Augment:
     input_downscale: int = 1
     exposure_gain: float = 1.0
     exposure_prob: float = 0.5
+    exposure_to_target: bool = False
 
 
 @dataclass
@@ -354,7 +355,9 @@ def _augment(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -
     return arrays
 
 
-def _expose(low: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+def _expose(
+    low: np.ndarray, high: np.ndarray, rng: np.random.Generator, aug: Augment
+) -> np.ndarray:
     """The exposure augmentation (see :class:`~lowlight_cli.training.recipes.Recipe`).
 
     Returns float32 in ``[0, 1]`` whenever the augmentation is on, so every crop of a batch has
@@ -364,8 +367,13 @@ def _expose(low: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
         return low
     out = low.astype(np.float32) / 255.0 if low.dtype == np.uint8 else low.astype(np.float32)
     if rng.uniform() < aug.exposure_prob:
-        gain = float(np.exp(rng.uniform(0.0, np.log(aug.exposure_gain))))
-        out = np.minimum(out * gain, 1.0)
+        top = aug.exposure_gain
+        if aug.exposure_to_target:
+            target = high.astype(np.float32).mean() / (255.0 if high.dtype == np.uint8 else 1.0)
+            top = min(top, float(target / max(float(out.mean()), 1e-3)))
+        if top > 1.0:
+            gain = float(np.exp(rng.uniform(0.0, np.log(top))))
+            out = np.minimum(out * gain, 1.0)
     return out
 
 
@@ -438,7 +446,7 @@ class TrainingSet:
         for j in range(rank, batch_size, world):
             rng = np.random.default_rng([seed, step, j, 0xA06])
             lo, hi = self._sample_one(int(idx[j]), rng, aug)
-            lows.append(_expose(lo, rng, aug))
+            lows.append(_expose(lo, hi, rng, aug))
             highs.append(hi)
         low, high = _to_tensor(lows), _to_tensor(highs)
         return Batch(downscale_bicubic(low, aug.input_downscale), high)

@@ -348,6 +348,7 @@ def _train(
         input_downscale=int(getattr(recipe, "input_downscale", 1)),
         exposure_gain=float(recipe.exposure_gain),
         exposure_prob=float(recipe.exposure_prob),
+        exposure_to_target=bool(recipe.exposure_to_target),
     )
     channels_last = bool(cfg.channels_last)
     if device.type == "cpu":

@@ -76,6 +76,9 @@ class Recipe:
             Real photos mix dark and well-lit parts while LOL's inputs are dark everywhere; this
             teaches a model that a bright input stays bright. ``1`` (default) turns it off.
         exposure_prob: probability of the exposure augmentation per crop.
+        exposure_to_target: also cap the gain so that an augmented crop is on average no
+            brighter than its target: the model then never learns to darken, only to brighten a
+            partly lit input less (a well-lit one not at all).
         loss: loss of the generic paired task (models without their own task, e.g. test
             stand-ins): ``l2`` or ``l1``.
         val_every: validate every this many steps (0: only at the end).
@@ -104,6 +107,7 @@ class Recipe:
     rot90: bool = True
     exposure_gain: float = 1.0
     exposure_prob: float = 0.5
+    exposure_to_target: bool = False
     loss: str = "l2"
     val_every: int = 1000
     log_every: int = 50
