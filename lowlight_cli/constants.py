@@ -26,7 +26,7 @@ ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings a
 
 # The default is the model whose shipped weights score best on LOL eval15 and look natural on
 # real photos: nrl 20.02 dB / 0.730 SSIM (neid 17.70 / 0.679, soft with a colour cast; frlie
-# 17.66 / 0.731, greys bright skies). Revisit when the others catch up
+# 17.70 / 0.731, pales bright skies). Revisit when the others catch up
 # (docs/models.md).
 DEFAULT_MODEL = "nrl"
 DEFAULT_DEVICE = "auto"
