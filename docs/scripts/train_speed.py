@@ -8,6 +8,10 @@ changes hit both alike; the median step counts.
 
     python docs/scripts/train_speed.py --data ../shared/data/lol \\
         --vgg ../shared/data/weights/vgg16_imagenet/vgg16_keras_imagenet_conv_oihw_fp16.npz
+
+``--shapes symnet=4x48,symnet=4x64`` measures other batch sizes and crops instead (for choosing
+them: the last column gives the default setting's rate in pixels, which is what a fully
+convolutional model learns from).
 """
 
 from __future__ import annotations
@@ -42,12 +46,24 @@ def main() -> None:
     parser.add_argument("--vgg", type=Path, required=True, help="VGG-16 weights (nrl, symnet)")
     parser.add_argument("--models", default="neid,nrl,frlie,symnet")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per setting")
+    parser.add_argument(
+        "--shapes", default="", help="MODEL=BATCHxCROP,... instead of --models (e.g. symnet=4x96)"
+    )
     args = parser.parse_args()
+    runs = [(name, *SHAPES[name]) for name in args.models.split(",")]
+    if args.shapes:
+        runs = []
+        for item in args.shapes.split(","):
+            name, _, shape = item.partition("=")
+            batch_text, _, patch_text = shape.partition("x")
+            runs.append((name, int(batch_text), int(patch_text)))
     cores = torch.get_num_threads()
-    print(f"| model | batch x crop | fp32, 1 thread | default ({cores} threads) | speed-up |")
-    print("|---|---|---|---|---|")
-    for name in args.models.split(","):
-        batch_size, patch = SHAPES[name]
+    print(
+        f"| model | batch x crop | fp32, 1 thread | default ({cores} threads) | speed-up "
+        "| default, kpx/s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, batch_size, patch in runs:
         recipe = default_recipe(name).override(batch_size=batch_size, patch=patch)
         if name == "frlie":
             recipe = recipe.override(stage=2)
@@ -96,7 +112,8 @@ def main() -> None:
         new = batch_size / statistics.median(times["default"])
         print(
             f"| {name} | {batch_size} x {patch} px | {base:.2f} samples/s | {new:.2f} samples/s "
-            f"({describe_setting(amp.dtype, channels_last)}) | {new / base:.2f}x |",
+            f"({describe_setting(amp.dtype, channels_last)}) | {new / base:.2f}x "
+            f"| {new * patch * patch / 1000:.2f} |",
             flush=True,
         )
 
