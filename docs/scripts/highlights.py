@@ -26,27 +26,30 @@ import numpy as np
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def _bright_lumas(
+    before: np.ndarray, after: np.ndarray, bright: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Input and output luma of the pixels with input luma >= ``bright`` (None: there are none)."""
+    y_in = before[..., :3] @ LUMA
+    mask = y_in >= bright
+    if not mask.any():
+        return None
+    return y_in[mask], (np.clip(after[..., :3], 0, 1) @ LUMA)[mask]
+
+
 def crushed_percent(before: np.ndarray, after: np.ndarray, bright: float) -> float | None:
     """Percent of pixels with luma >= ``bright`` in ``before`` below half of it in ``after``.
 
     None when the photo has no bright pixels.
     """
-    y_in = before[..., :3] @ LUMA
-    y_out = np.clip(after[..., :3], 0, 1) @ LUMA
-    mask = y_in >= bright
-    if not mask.any():
-        return None
-    return float(100.0 * np.mean(y_out[mask] < 0.5 * y_in[mask]))
+    lumas = _bright_lumas(before, after, bright)
+    return None if lumas is None else float(100.0 * np.mean(lumas[1] < 0.5 * lumas[0]))
 
 
 def kept_percent(before: np.ndarray, after: np.ndarray, bright: float) -> float | None:
     """Mean of ``min(1, output luma / input luma)`` over the bright pixels, in percent."""
-    y_in = before[..., :3] @ LUMA
-    y_out = np.clip(after[..., :3], 0, 1) @ LUMA
-    mask = y_in >= bright
-    if not mask.any():
-        return None
-    return float(100.0 * np.mean(np.minimum(y_out[mask] / y_in[mask], 1.0)))
+    lumas = _bright_lumas(before, after, bright)
+    return None if lumas is None else float(100.0 * np.mean(np.minimum(lumas[1] / lumas[0], 1.0)))
 
 
 def main() -> None:

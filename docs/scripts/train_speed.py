@@ -73,13 +73,7 @@ def main() -> None:
         task = TASKS[name](model, recipe, cfg, torch.device("cpu"))
         if name in ("symnet", "nrl"):
             task.prepare(data, Quiet())
-        aug = Augment(
-            patch=patch,
-            hflip=recipe.hflip,
-            vflip=recipe.vflip,
-            rot90=recipe.rot90,
-            input_downscale=int(getattr(recipe, "input_downscale", 1)),
-        )
+        aug = Augment.from_recipe(recipe)
         torch.set_num_threads(cores)
         amp, channels_last, _ = _cpu_settings(
             cfg, None, task, data, aug, batch_size, 0, _Dist(), Quiet()

@@ -30,11 +30,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lowlight_cli.errors import ImageError, UsageError
+
+if TYPE_CHECKING:
+    from lowlight_cli.training.recipes import Recipe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DATASET_KINDS = ("lol", "pairs", "synthetic")
@@ -307,6 +311,20 @@ class Augment:
     exposure_gain: float = 1.0
     exposure_prob: float = 0.5
     exposure_to_target: bool = False
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> Augment:
+        """The crop and augmentations ``recipe`` asks for."""
+        return cls(
+            patch=recipe.patch,
+            hflip=recipe.hflip,
+            vflip=recipe.vflip,
+            rot90=recipe.rot90,
+            input_downscale=int(getattr(recipe, "input_downscale", 1)),
+            exposure_gain=float(recipe.exposure_gain),
+            exposure_prob=float(recipe.exposure_prob),
+            exposure_to_target=bool(recipe.exposure_to_target),
+        )
 
 
 @dataclass

@@ -340,16 +340,7 @@ def _train(
         start = int(ckpt["step"])
         best = ckpt.get("best")
 
-    aug = Augment(
-        patch=recipe.patch,
-        hflip=recipe.hflip,
-        vflip=recipe.vflip,
-        rot90=recipe.rot90,
-        input_downscale=int(getattr(recipe, "input_downscale", 1)),
-        exposure_gain=float(recipe.exposure_gain),
-        exposure_prob=float(recipe.exposure_prob),
-        exposure_to_target=bool(recipe.exposure_to_target),
-    )
+    aug = Augment.from_recipe(recipe)
     channels_last = bool(cfg.channels_last)
     if device.type == "cpu":
         amp, channels_last, chosen = _cpu_settings(
