@@ -568,6 +568,53 @@ def test_train_command_time_limit_then_resume_and_export(
     assert exported.name in json.dumps(json.loads(stdout))
 
 
+def test_weights_from_checkpoint_writes_a_file_enhance_accepts(
+    tmp_path: Path, val_dir: Path, run_cli
+) -> None:
+    """A stopped run's checkpoint becomes a --weights file without training more: the file
+    holds the checkpoint's weights, enhance runs with it, and nothing is overwritten unasked."""
+    from safetensors import safe_open
+
+    from lowlight_cli.errors import ExitCode
+
+    lowlight = run_cli
+    data = _write_pairs(tmp_path / "pairs", 2, size=(32, 32))
+    out = tmp_path / "run"
+    code, _, err = lowlight(
+        ["train", "--model", "neid", "--dataset", "pairs", "--data", str(data), "--val",
+         str(val_dir), "--out", str(out), "--device", "cpu", "--threads", "1", "--batch-size",
+         "2", "--patch", "32", "--workers", "1", "--steps", "2"]
+    )  # fmt: skip
+    assert code == 0, err
+
+    code, stdout, err = lowlight(["weights", "from-checkpoint", str(out / LAST)])
+    assert code == 0, err
+    dest = out / "neid.pairs.safetensors"
+    assert json.loads(stdout)["entry"]["file"] == dest.name
+    saved = torch.load(out / LAST, weights_only=False)["model_state"]
+    with safe_open(str(dest), "pt") as fh:
+        name = next(iter(fh.keys()))
+        assert torch.allclose(fh.get_tensor(name).float(), saved[name].float(), atol=1e-3)
+
+    before = dest.stat().st_mtime_ns
+    code, _, err = lowlight(["weights", "from-checkpoint", str(out / LAST)])
+    assert code == ExitCode.USAGE and "--force" in err
+    assert dest.stat().st_mtime_ns == before
+    code, _, err = lowlight(
+        ["weights", "from-checkpoint", str(dest), "-o", str(tmp_path / "x.safetensors")]
+    )
+    assert code == ExitCode.USAGE and "checkpoint" in err
+
+    photo = tmp_path / "dark.png"
+    Image.fromarray(np.full((24, 20, 3), 30, np.uint8)).save(photo)
+    result = tmp_path / "bright.png"
+    code, _, err = lowlight(
+        ["enhance", str(photo), "--model", "neid", "--weights", str(dest), "-o", str(result)]
+    )
+    assert code == 0, err
+    assert Image.open(result).size == (20, 24)
+
+
 class _Messages(Reporter):
     def __init__(self) -> None:
         self.lines: list[str] = []

@@ -1,8 +1,10 @@
-"""``lowlight weights``: list, download, verify, locate and clear model weights."""
+"""``lowlight weights``: list, download, verify, locate and clear model weights, and write a
+training checkpoint's weights as a file for ``--weights``."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -161,6 +163,38 @@ def path(
         print_json({"id": weights_id, "path": str(resolved)})
     else:
         typer.echo(str(resolved))
+
+
+@app.command("from-checkpoint")
+def from_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (best.pt or last.pt)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Destination .safetensors (default: MODEL.TAG.safetensors beside the checkpoint).",
+    ),
+    tag: str | None = typer.Option(None, "--tag", help="Weights tag (default: the dataset)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing destination file."),
+) -> None:
+    """Write a training checkpoint's weights (its EMA if it kept one) as fp16 safetensors for
+    --weights, without training; prints the manifest entry."""
+    from lowlight_cli.cli._common import err_console, print_json
+    from lowlight_cli.errors import UsageError
+    from lowlight_cli.training.checkpoint import load_checkpoint
+    from lowlight_cli.training.loop import export_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)  # a clear error before anything is written
+    if out is None:
+        out = (
+            checkpoint.parent
+            / f"{ckpt['model']}.{tag or ckpt.get('dataset', 'custom')}.safetensors"
+        )
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists", hint="pass --force to replace it, or choose --out")
+    exported = export_checkpoint(checkpoint, out, tag=tag)
+    err_console.print(f"wrote {out} (step {exported['details']['steps']})", markup=False)
+    print_json(exported)
 
 
 @app.command("clear")
