@@ -495,15 +495,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
+    from lowlight_cli.files import atomic_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(data)

@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from lowlight_cli.camera_raw import check_size as _check_size  # one rule for every decoder
 from lowlight_cli.constants import DEFAULT_JPEG_QUALITY, DEFAULT_STDOUT_FORMAT, MAX_IMAGE_PIXELS
 from lowlight_cli.errors import ImageError, UsageError
+from lowlight_cli.files import fsync_dir, new_file_mode
 
 # Pillow's own bomb guard uses the program's limit: it warns above it (escalated to an error
 # below) and raises above twice it. One limit, one message.
@@ -1037,7 +1038,7 @@ def _commit(dest: Path, data: bytes, *, source: Path | None, overwrite: bool) ->
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _new_file_mode(dest))
+        os.chmod(tmp, new_file_mode(dest))
         if overwrite:
             os.replace(tmp, dest)
         else:
@@ -1049,7 +1050,7 @@ def _commit(dest: Path, data: bytes, *, source: Path | None, overwrite: bool) ->
         if isinstance(exc, OSError):
             raise ImageError(f"cannot write {dest}: {_reason(exc)}", hint=_write_hint(exc)) from exc
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     return dest.resolve()
 
 
@@ -1070,26 +1071,6 @@ def _move_no_clobber(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
         return
     tmp.unlink()
-
-
-def _new_file_mode(dest: Path) -> int:
-    """Keep an overwritten file's permissions; otherwise the usual 0666 minus the umask."""
-    try:
-        return dest.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, so best effort.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _reason(exc: BaseException) -> str:

@@ -5,8 +5,6 @@ never pickled code), and write fp16 safetensors atomically for shipping.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,17 +78,13 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, metadata: Mapping[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(state), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from lowlight_cli.files import atomic_file
+
+    data = save(dict(state), metadata=dict(metadata))
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def save_safetensors_fp16(
