@@ -636,13 +636,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-QUALITY_COLUMNS = ("model", "PSNR (dB)", "SSIM", "images", "note")
+QUALITY_COLUMNS = (
+    "model", "PSNR (dB)", "SSIM", "PSNR, GT mean", "SSIM, GT mean", "images", "note",
+)  # fmt: skip
 
 
 def quality_table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     """Quality rows as text cells in the order of :data:`QUALITY_COLUMNS`."""
     return [
-        [r["model"], _fmt(r["psnr"], 2), _fmt(r["ssim"], 4), str(r["n_images"]), r.get("note", "")]
+        [
+            r["model"],
+            _fmt(r["psnr"], 2),
+            _fmt(r["ssim"], 4),
+            _fmt(r.get("psnr_gt_mean"), 2),
+            _fmt(r.get("ssim_gt_mean"), 4),
+            str(r["n_images"]),
+            r.get("note", ""),
+        ]
         for r in rows
     ]
 

@@ -3,6 +3,12 @@
 Scores are computed on what a user gets: the enhanced image is clamped to ``[0, 1]`` and rounded
 to 8 bits (the ground truth is 8-bit) before PSNR and SSIM (:mod:`lowlight_cli.metrics`) are taken
 on the full image, channel-wise RGB.
+
+Each score also comes "at the ground truth's mean" (``psnr_gt_mean``, ``ssim_gt_mean``): the
+output is first scaled so that its mean luma (BT.601) equals the target's, as several low-light
+papers report. Exposure on LOL is partly a matter of taste (the targets' brightness varies from
+pair to pair); the gap between the two scores says how much of a model's error is its overall
+brightness rather than its structure, colour and noise.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ class QualityResult:
         psnr: mean PSNR in dB.
         ssim: mean SSIM.
         n_images: number of pairs.
-        per_image: ``{"name", "psnr", "ssim"}`` per pair.
+        per_image: ``{"name", "psnr", "ssim", "psnr_gt_mean", "ssim_gt_mean"}`` per pair.
+        psnr_gt_mean: mean PSNR after scaling each output to its target's mean luma.
+        ssim_gt_mean: mean SSIM after the same scaling.
     """
 
     model: str
@@ -43,12 +51,16 @@ class QualityResult:
     ssim: float
     n_images: int
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    psnr_gt_mean: float = float("nan")
+    ssim_gt_mean: float = float("nan")
 
     def to_dict(self, *, per_image: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "model": self.model,
             "psnr": round(self.psnr, 4),
             "ssim": round(self.ssim, 5),
+            "psnr_gt_mean": round(self.psnr_gt_mean, 4),
+            "ssim_gt_mean": round(self.ssim_gt_mean, 5),
             "n_images": self.n_images,
         }
         if per_image:
@@ -109,6 +121,21 @@ def quantize8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def match_mean(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``pred`` scaled so its mean BT.601 luma equals ``target``'s, clamped to ``[0, 1]``.
+
+    A black prediction has no brightness to scale and is returned unchanged.
+    """
+    have = float((pred @ _LUMA).mean())
+    want = float((target @ _LUMA).mean())
+    if have <= 0.0:
+        return pred
+    return np.clip(pred * (want / have), 0.0, 1.0)
+
+
 def score_pair(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """PSNR and SSIM of one ``(H, W, 3)`` prediction against its ``[0, 1]`` target."""
     import torch
@@ -166,13 +193,19 @@ def evaluate_pairs(
             )
         out = quantize8(out) if quantize else np.clip(out, 0.0, 1.0)
         p, s = score_pair(out, target)
-        rows.append({"name": pair_name, "psnr": p, "ssim": s})
+        matched = match_mean(out, target)
+        pm, sm = score_pair(quantize8(matched) if quantize else matched, target)
+        rows.append(
+            {"name": pair_name, "psnr": p, "ssim": s, "psnr_gt_mean": pm, "ssim_gt_mean": sm}
+        )
     return QualityResult(
         model=name,
         psnr=float(np.mean([r["psnr"] for r in rows])),
         ssim=float(np.mean([r["ssim"] for r in rows])),
         n_images=len(rows),
         per_image=rows,
+        psnr_gt_mean=float(np.mean([r["psnr_gt_mean"] for r in rows])),
+        ssim_gt_mean=float(np.mean([r["ssim_gt_mean"] for r in rows])),
     )
 
 

@@ -69,6 +69,41 @@ def test_perfect_output_scores_perfectly_and_worse_scores_lower() -> None:
     assert identity.psnr < evaluate_pairs(_brighten, pairs).psnr
 
 
+def test_gt_mean_scores_forgive_exposure_but_not_structure() -> None:
+    """A right picture at half the brightness scores badly, and nearly perfectly once matched to
+    the target's mean; a blurred one stays poor either way. The matching uses BT.601 luma."""
+    pairs = _pairs(2)
+    targets = [high.astype(np.float32) / 255 for _, _, high in pairs]
+    dim = iter([t * 0.5 for t in targets])
+    result = evaluate_pairs(lambda x: next(dim), pairs)
+    assert result.psnr < 15 and result.psnr_gt_mean > 40 and result.ssim_gt_mean > 0.99
+    assert result.per_image[0]["psnr_gt_mean"] > 40
+
+    import cv2
+
+    blurred = iter([cv2.GaussianBlur(t, (0, 0), 3) * 0.5 for t in targets])
+    soft = evaluate_pairs(lambda x: next(blurred), pairs)
+    assert soft.psnr_gt_mean < 30 and soft.ssim_gt_mean < 0.9
+    assert soft.to_dict()["psnr_gt_mean"] == pytest.approx(soft.psnr_gt_mean, abs=1e-3)
+
+
+def test_match_mean_uses_luma_and_leaves_black_alone() -> None:
+    from lowlight_cli.evaluate import match_mean
+
+    target = np.zeros((4, 4, 3), np.float32)
+    target[..., 1] = 0.5  # pure green: luma 0.2935
+    pred = np.zeros((4, 4, 3), np.float32)
+    pred[..., 2] = 0.1  # pure blue: luma 0.0114
+    out = match_mean(pred, target)  # gain 0.2935 / 0.0114 = 25.7, so blue clips at 1
+    assert np.allclose(out[..., 2], 1.0) and np.allclose(out[..., :2], 0.0)
+    half = match_mean(pred, target * 0.01)  # gain 0.257: no clipping, luma matched exactly
+    assert float((half @ np.array([0.299, 0.587, 0.114], np.float32)).mean()) == pytest.approx(
+        0.5 * 0.587 * 0.01, rel=1e-4
+    )
+    black = np.zeros_like(pred)
+    assert np.array_equal(match_mean(black, target), black)
+
+
 class _NeedsMultipleOf8(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 8 or x.shape[-2] % 8:
@@ -114,6 +149,7 @@ def test_benchmark_quality_json_for_classical_models(tmp_path: Path) -> None:
     assert [r["model"] for r in rows] == ["gamma", "clahe"]
     for r in rows:
         assert r["n_images"] == 2 and 0 < r["ssim"] <= 1 and np.isfinite(r["psnr"])
+        assert r["psnr_gt_mean"] >= r["psnr"] - 3 and 0 < r["ssim_gt_mean"] <= 1
     # The benchmark scores what the engine delivers: recompute gamma's through the Enhancer.
     from lowlight_cli.engine import Enhancer
     from lowlight_cli.training.data import load_pairs

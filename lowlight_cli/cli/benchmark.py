@@ -118,7 +118,8 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
             else:
                 opts.notes.append(f"quality of {model} skipped: {err}")
                 rows.append(
-                    {"model": model, "psnr": None, "ssim": None, "n_images": 0,
+                    {"model": model, "psnr": None, "ssim": None, "psnr_gt_mean": None,
+                     "ssim_gt_mean": None, "n_images": 0,
                      "note": f"skipped: {err.message}"}
                 )  # fmt: skip
             continue

@@ -122,6 +122,11 @@ def _make_reporter(log_every: int) -> Any:
             self.last_val = f"{scores['psnr']:.2f}"
             line = (
                 f"validation @ {step}: PSNR {scores['psnr']:.3f} dB, SSIM {scores['ssim']:.4f}"
+                + (
+                    f" (at the targets' mean brightness: {scores['psnr_gt_mean']:.2f} dB)"
+                    if "psnr_gt_mean" in scores
+                    else ""
+                )
                 + (" (best)" if best else "")
             )
             if self.progress is not None:

@@ -204,7 +204,12 @@ def validate(
             result = evaluate_pairs(module, pairs, size_multiple=size_multiple, device=device)
     finally:
         module.train(was_training)
-    return {"psnr": result.psnr, "ssim": result.ssim, "n_images": result.n_images}
+    return {
+        "psnr": result.psnr,
+        "ssim": result.ssim,
+        "psnr_gt_mean": result.psnr_gt_mean,
+        "n_images": result.n_images,
+    }
 
 
 # ---- the loop ----------------------------------------------------------------------------------
