@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -646,6 +647,70 @@ def test_budget_fits_the_whole_schedule_into_the_time(
     assert all(m < result.total_steps for m in schedule["milestones"])
     lrs = [r["lr"] for r in result.history if r["kind"] == "train"]
     assert lrs[-1] == pytest.approx(recipe.lr * recipe.gamma**2)
+
+
+class _SlowStart(TinyEnhancer):
+    """TinyEnhancer whose first training forwards are slow: a machine busy while --budget
+    times its first steps, idle afterwards."""
+
+    def __init__(self, slow_steps: int, delay: float) -> None:
+        super().__init__()
+        self.slow_steps, self.delay, self.calls = slow_steps, delay, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls <= self.slow_steps:
+                time.sleep(self.delay)
+        return super().forward(x)
+
+
+def test_budget_refits_when_the_first_steps_were_slow(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+) -> None:
+    """The first fit times a minute of steps; when the machine was busy then, the run is
+    re-fitted on the rate it really keeps, before its first decay, instead of ending early."""
+    recipe = _recipe(iterations=100_000, milestones=(50_000, 75_000), val_every=4)
+    reporter = _Messages()
+    torch.manual_seed(0)
+    result = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "refit", recipe=recipe, budget=12.0),
+        model=_SlowStart(slow_steps=4, delay=0.5),
+        reporter=reporter,
+    )
+    first = [line for line in reporter.lines if line.startswith("budget: ") and "s/step" in line]
+    refits = [line for line in reporter.lines if line.startswith("budget: re-fitted")]
+    assert first and refits, reporter.lines
+    first_total = int(first[0].split(" -> ")[1].split()[0])
+    assert result.finished and result.total_steps > first_total
+    lrs = [r["lr"] for r in result.history if r["kind"] == "train"]
+    # The decays still come at the recipe's proportions of the final length, none skipped.
+    ckpt = torch.load(tmp_path / "refit" / LAST, weights_only=False)
+    assert all(m < result.total_steps for m in ckpt["schedule"]["milestones"])
+    assert lrs[-1] == pytest.approx(recipe.lr * recipe.gamma**2)
+    assert sorted(set(lrs), reverse=True) == pytest.approx(
+        [recipe.lr, recipe.lr * recipe.gamma, recipe.lr * recipe.gamma**2]
+    )
+
+
+def test_refit_never_moves_the_current_learning_rate() -> None:
+    from lowlight_cli.training.loop import _refit_budget
+
+    recipe = _recipe(iterations=100, milestones=(50, 75))
+    schedule = recipe.resolve(10, steps=100)
+    now = time.monotonic()
+    # 1 s per step measured, 150 s left of the budget.
+    fit_from = (now - 20.0, 0)
+    t_start = now - 50.0
+    before_decay = _refit_budget(recipe, 10, schedule, 20, fit_from, 200.0, t_start)
+    assert before_decay is not None and abs(before_decay.total_steps - (20 + 150)) <= 1
+    assert before_decay.lr_at(20) == schedule.lr_at(20)
+    # At step 60 the first decay is taken; a longer run would move it past step 60.
+    after_decay = _refit_budget(recipe, 10, schedule, 60, (now - 60.0, 0), 200.0, now - 60.0)
+    assert after_decay is None
+    # Within 5 % of the current length: left alone.
+    close = _refit_budget(recipe, 10, schedule, 20, fit_from, 20.0 + 82.0 + 30.0, t_start)
+    assert close is None
 
 
 def test_budget_and_steps_are_exclusive(tmp_path: Path, pairs_dir: Path) -> None:

@@ -514,6 +514,36 @@ def _train(
                                 f"{list(schedule.milestones)} (lr now {schedule.lr_at(step):.2e})"
                             )
                         sec_per_step = None
+                    elif (
+                        at_val
+                        and cfg.budget is not None
+                        and fitted
+                        and fit_from is not None
+                        and step < stop
+                        and not timed_out
+                    ):
+                        # The first fit rests on a minute of steps; a machine that was busier
+                        # (or idler) then than later would end the run far from its budget.
+                        # Re-fit on the rate so far, validations included, while that leaves
+                        # the learning rate where it is now.
+                        refit = _refit_budget(
+                            recipe, size, schedule, step, fit_from, cfg.budget, t_start
+                        )
+                        if refit is not None:
+                            refit = recipe.resolve(
+                                size,
+                                steps=_all_agree_max(refit.total_steps, dist.world, device),
+                            )
+                            old_total, schedule = total, refit
+                            total = schedule.total_steps
+                            stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
+                            if dist.main:
+                                reporter.message(
+                                    f"budget: re-fitted at step {step} on "
+                                    f"{(time.monotonic() - fit_from[0]) / (step - fit_from[1]):.3f}"
+                                    f" s/step so far: {old_total} -> {total} steps, lr milestones "
+                                    f"{list(schedule.milestones)}"
+                                )
                     if dist.main:
                         state = make_checkpoint(step)
                         atomic_torch_save(state, last_path)
@@ -548,6 +578,37 @@ def _train(
         finished=step >= total,
         history=history,
     )
+
+
+def _refit_budget(
+    recipe: Recipe,
+    size: int,
+    schedule: Schedule,
+    step: int,
+    fit_from: tuple[float, int],
+    budget: float,
+    t_start: float,
+) -> Schedule | None:
+    """A schedule fitted to ``--budget`` at the rate measured since ``fit_from``, or None.
+
+    None when the run's length would change by under 5 %, when too little is left to time,
+    or when the new schedule would move the learning rate at ``step`` (a decay already taken
+    stays taken; one not yet reached is not skipped).
+    """
+    now = time.monotonic()
+    if step - fit_from[1] < 1:
+        return None
+    rate = (now - fit_from[0]) / (step - fit_from[1])
+    remaining = budget - (now - t_start)
+    if rate <= 0 or remaining <= 0:
+        return None
+    new_total = step + max(1, int(remaining / rate))
+    if abs(new_total - schedule.total_steps) <= 0.05 * schedule.total_steps:
+        return None
+    candidate = recipe.resolve(size, steps=new_total)
+    if not math.isclose(candidate.lr_at(step), schedule.lr_at(step), rel_tol=1e-6):
+        return None
+    return candidate
 
 
 def _cpu_settings(
