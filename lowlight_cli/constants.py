@@ -22,6 +22,7 @@ ENV_MANIFEST = "LOWLIGHT_MANIFEST"
 ENV_WEIGHTS_URL = "LOWLIGHT_WEIGHTS_URL"
 ENV_OFFLINE = "LOWLIGHT_OFFLINE"
 ENV_VGG16_PATH = "LOWLIGHT_VGG16_PATH"
+ENV_DATA_DIR = "LOWLIGHT_DATA_DIR"  # holds lol/ (train and benchmark without --data)
 ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings alone
 
 # The default is the model whose shipped weights score best on LOL eval15 and look natural on

@@ -22,9 +22,11 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Every test gets its own weights cache and never touches the network by accident."""
+    """Every test gets its own weights cache and data folder (empty: no default LOL) and never
+    touches the network by accident."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("LOWLIGHT_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LOWLIGHT_DATA_DIR", str(tmp_path_factory.mktemp("datasets")))
     monkeypatch.delenv("LOWLIGHT_MANIFEST", raising=False)
     monkeypatch.delenv("LOWLIGHT_WEIGHTS_URL", raising=False)
     yield

@@ -298,3 +298,22 @@ def test_gallery_strip_holds_every_panel_in_order(tmp_path: Path) -> None:
     assert body[w // 2] < 20
     assert 110 < body[w + 4 + w // 2] < 145
     assert body[2 * (w + 4) + w // 2] > 180
+
+
+def test_quality_uses_lol_from_the_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    """`lowlight benchmark --quality-only` without --data scores eval15 from the data folder,
+    and says where LOL belongs when it is not there."""
+    root = tmp_path / "datasets"
+    monkeypatch.setenv("LOWLIGHT_DATA_DIR", str(root))
+    code, _, err = run_cli(["benchmark", "--quality-only", "--models", "gamma"])
+    assert code == 2
+    assert str(root / "lol") in " ".join(err.split())
+
+    _paired_folder(root / "lol")
+    out = tmp_path / "q.json"
+    code, _, err = run_cli(["benchmark", "--quality-only", "--models", "gamma", "--json", str(out)])
+    assert code == 0, err
+    rows = json.loads(out.read_text())["quality"]
+    assert [r["model"] for r in rows] == ["gamma"] and rows[0]["n_images"] == 2

@@ -842,3 +842,30 @@ def test_neid_kaiming_init_keeps_the_signal(tmp_path: Path, small_pairs: Path, f
         with torch.no_grad():
             stds[init] = float(model(0.3 * torch.rand(1, 3, 64, 64)).std())
     assert stds["paper"] < 1e-3 < stds["kaiming"]
+
+
+def test_train_finds_lol_in_the_data_folder_or_says_where_to_put_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    """`lowlight train --dataset lol --model neid` (the README's line) needs no --data once LOL
+    is in the data folder; without it the error names the folder and where LOL comes from."""
+    from lowlight_cli.errors import ExitCode
+
+    lowlight = run_cli
+    root = tmp_path / "datasets"
+    monkeypatch.setenv("LOWLIGHT_DATA_DIR", str(root))
+    small = ["--device", "cpu", "--threads", "1", "--batch-size", "2", "--patch", "32"]
+    small += ["--workers", "1", "--steps", "2", "--val-holdout", "1", "--out"]
+    code, _, err = lowlight(["train", "--dataset", "lol", "--model", "neid", *small, "x"])
+    assert code == ExitCode.USAGE
+    assert str(root / "lol") in " ".join(err.split()) and "--data" in err
+    code, _, err = lowlight(["train", "--dataset", "pairs", "--model", "neid", *small, "x"])
+    assert code == ExitCode.USAGE and "--data" in err
+
+    _write_pairs(root / "lol" / "our485", 3, size=(32, 32))
+    _write_pairs(root / "lol" / "eval15", 1, size=(32, 32))
+    out = tmp_path / "run"
+    code, _, err = lowlight(["train", "--dataset", "lol", "--model", "neid", *small, str(out)])
+    assert code == 0, err
+    ckpt = torch.load(out / LAST, weights_only=False)
+    assert ckpt["step"] == 2 and "lol/our485" in ckpt["data"]

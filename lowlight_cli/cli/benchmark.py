@@ -291,7 +291,10 @@ def benchmark(
         show_default=False,
     ),
     data: Path | None = typer.Option(
-        None, "--data", help="Paired folder: LOL layout (uses eval15) or low/ + high/."
+        None,
+        "--data",
+        help="Paired folder: LOL layout (uses eval15) or low/ + high/ (default: lol/ in the "
+        "user data folder or LOWLIGHT_DATA_DIR, when there).",
     ),
     quality_only: bool = typer.Option(
         False, "--quality-only", help="Only the quality section (PSNR/SSIM)."
@@ -354,10 +357,12 @@ def benchmark(
         raise UsageError("--quality-only and --speed-only exclude each other")
     if gallery is not None and speed_only:
         raise UsageError("--gallery shows the quality set", hint="drop --speed-only")
-    if (gallery is not None or quality_only) and data is None:
-        raise UsageError(
-            "the quality benchmark and the gallery need paired data", hint="pass --data DIR"
-        )
+    if data is None:
+        from lowlight_cli.datasets import default_lol, require_data
+
+        data = default_lol()
+        if gallery is not None or quality_only:
+            data = require_data("lol", data)
     opts = BenchmarkOptions(
         models=parse_models(models if models is not None else DEFAULT_MODELS),
         models_named=models is not None,
@@ -384,7 +389,9 @@ def benchmark(
         wanted = list(SECTIONS)
         if data is None:
             wanted.remove("quality")
-            opts.notes.append("quality skipped: no --data")
+            from lowlight_cli.datasets import data_dir
+
+            opts.notes.append(f"quality skipped: no --data, and no LOL in {data_dir() / 'lol'}")
     report: dict[str, Any] = {}
     failures: list[str] = []
     for name in wanted:

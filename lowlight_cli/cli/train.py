@@ -154,7 +154,11 @@ def train(
     dataset: str = typer.Option(
         "lol", "--dataset", help="lol (our485 + eval15), pairs (low/ + high/), or synthetic."
     ),
-    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Dataset folder (lol: default lol/ in the user data folder or LOWLIGHT_DATA_DIR).",
+    ),
     val: Path | None = typer.Option(
         None, "--val", help="Validation folder with low/ + high/ (lol: eval15 by default)."
     ),
@@ -234,12 +238,14 @@ def train(
 ) -> None:
     """Train a model with its paper's recipe; prints the manifest entry with --export."""
     from lowlight_cli.cli._common import err_console, print_json
+    from lowlight_cli.datasets import require_data
     from lowlight_cli.registry import get_spec
     from lowlight_cli.training.loop import TrainConfig, export_checkpoint
     from lowlight_cli.training.loop import train as run_training
     from lowlight_cli.training.recipes import default_recipe
 
     spec = get_spec(model)
+    data = require_data(dataset, data)
     if stage is not None and spec.name != "frlie":
         raise UsageError("--stage is only for frlie")
     if stage is not None and stage not in (1, 2):
