@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lowlight_cli.registry import ModelSpec
 
 DEFAULT_OPSET = 17
-# Parity sizes of the issue (width x height): a common photo size and an odd one that needs
+# Parity-check sizes (width x height): a common photo size and an odd one that needs
 # padding to the size multiple.
 CHECK_SIZES: tuple[tuple[int, int], ...] = ((600, 400), (1001, 701))
 # Largest |onnxruntime - torch| accepted by the check, per exported precision.
