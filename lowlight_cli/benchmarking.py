@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lowlight_cli.constants import DEFAULT_BENCHMARK_BUDGET_S
+from lowlight_cli.devices import precision_dtype
 from lowlight_cli.errors import LowlightError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -274,7 +275,7 @@ def measure_conv_gflops(
     import torch
 
     side = side or ROOFLINE_SIDE
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = precision_dtype(precision)
     dev = torch.device(device)
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(dev, dtype).eval()
     x = torch.rand(1, channels, side, side, device=dev, dtype=dtype)

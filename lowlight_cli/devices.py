@@ -72,6 +72,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def precision_dtype(name: str) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` -> the torch dtype (KeyError for anything else)."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """A torch dtype -> ``fp32``/``fp16``/``bf16`` (other dtypes: their torch name)."""
+    import torch
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def resolve_precision(precision: str, spec: ModelSpec, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` on ``device``, if the model declares it safe.
 

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from lowlight_cli.backends.base import Backend, OutOfMemory, is_out_of_memory
+from lowlight_cli.devices import precision_name
 from lowlight_cli.models.blocks import pooling_context
-
-_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class TorchBackend(Backend):
@@ -37,7 +36,7 @@ class TorchBackend(Backend):
     ) -> None:
         self._device = torch.device(device)
         self._dtype = dtype
-        self.precision = _PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+        self.precision = precision_name(dtype)
         self.device = str(self._device)
         self.scale = scale
         self._channels_last = (

@@ -239,14 +239,14 @@ def _concrete_precision(precision: str, spec: Any, device: str, backend: str) ->
     """
     import torch
 
-    from lowlight_cli.devices import resolve_precision
+    from lowlight_cli.devices import precision_name, resolve_precision
 
     dtype = resolve_precision(precision, spec, torch.device(device))
     if precision != "auto":
         return precision
     if backend != "torch":
         return "fp32"  # the ONNX backend's "auto"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return precision_name(dtype)
 
 
 def _paths_at(paths: list[str], spec: Any, device: str, height: int, width: int) -> list[str]:
