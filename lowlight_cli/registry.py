@@ -42,6 +42,9 @@ class ModelSpec:
         default_weights: weights id in ``weights_manifest.json`` (None: no weights needed).
         exportable: can be exported to ONNX.
         receptive_margin: pixels of context a tile needs on each side for seamless merging.
+        lol_eval15: a classical model's PSNR / SSIM on LOL eval15 through ``lowlight benchmark
+            --quality-only`` (neural models carry theirs in the weights' manifest entry);
+            shown by ``lowlight models`` for comparison, checked by tests/test_registry.py.
     """
 
     name: str
@@ -58,6 +61,7 @@ class ModelSpec:
     default_weights: str | None = None
     exportable: bool = True
     receptive_margin: int = 32
+    lol_eval15: tuple[float, float] | None = None
 
     def build(self, **overrides: Any) -> nn.Module:
         """Instantiate the module with the default kwargs updated by ``overrides``."""
@@ -128,6 +132,7 @@ MODELS: dict[str, ModelSpec] = {
         fp16_safe=True,
         bf16_safe=True,
         receptive_margin=0,
+        lol_eval15=(16.38, 0.632),
     ),
     "clahe": ModelSpec(
         name="clahe",
@@ -137,6 +142,7 @@ MODELS: dict[str, ModelSpec] = {
         supports_tiling=False,  # CLAHE's grid is relative to the whole image
         exportable=False,
         receptive_margin=64,
+        lol_eval15=(16.92, 0.572),
     ),
 }
 

@@ -208,3 +208,21 @@ def test_models_that_may_pick_bf16_stay_within_40_db_of_fp32(name):
         half = _pad_run_crop(model.to(torch.bfloat16), spec, x.to(torch.bfloat16))
     mse = (half.float().clamp(0, 1) - ref).pow(2).mean().item()
     assert 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item() >= 40.0
+
+
+@pytest.mark.shared
+def test_the_baselines_scores_shown_by_lowlight_models_are_what_they_score():
+    """`lowlight models` shows gamma's and clahe's LOL eval15 scores beside the trained
+    models'; they must be what the benchmark measures now."""
+    from conftest import shared_path
+
+    from lowlight_cli.evaluate import evaluate_models
+    from lowlight_cli.training.data import load_pairs
+
+    pairs = load_pairs(shared_path("lol", "eval15"), workers=1)
+    names = [n for n, s in registry.MODELS.items() if s.lol_eval15]
+    assert names, "no classical model carries a score"
+    for result in evaluate_models(names, pairs, device="cpu"):
+        psnr, ssim = registry.get_spec(result.model).lol_eval15
+        assert result.psnr == pytest.approx(psnr, abs=0.005), result.model
+        assert result.ssim == pytest.approx(ssim, abs=0.0005), result.model

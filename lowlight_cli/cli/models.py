@@ -19,6 +19,12 @@ def models(
     for spec in MODELS.values():
         params = count_parameters(create_model(spec.name))
         entry = manifest.entries.get(spec.default_weights) if spec.default_weights else None
+        # Weights that --weights ID accepts besides the default (previews, other data sets).
+        others = [
+            {"id": wid, "lol_eval15": _eval15(other.metrics)}
+            for wid, other in sorted(manifest.entries.items())
+            if wid.startswith(spec.name + ".") and wid != spec.default_weights
+        ]
         rows.append(
             {
                 "name": spec.name,
@@ -34,7 +40,14 @@ def models(
                 "default_weights": spec.default_weights,
                 # False: the registry names an id the manifest does not list yet (--weights ID).
                 "weights_available": entry is not None,
-                "lol_eval15": (entry.metrics.get("lol_eval15") if entry else None),
+                "lol_eval15": (
+                    entry.metrics.get("lol_eval15")
+                    if entry
+                    else {"psnr": spec.lol_eval15[0], "ssim": spec.lol_eval15[1]}
+                    if spec.lol_eval15
+                    else None
+                ),
+                "other_weights": others,
                 "kwargs": spec.kwargs,
             }
         )
@@ -46,10 +59,14 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="lowlight models", caption="* default model (--model, LOWLIGHT_MODEL)")
+    table = Table(
+        title="lowlight models",
+        caption="* default model (--model, LOWLIGHT_MODEL); (id): no default weights, "
+        "--weights id runs these",
+    )
     # The size multiple and kwargs are in --json; the table keeps to what fits 80 columns.
     for col in ("model", "kind", "params", "tiling", "half", "weights", "eval15 dB/SSIM"):
-        table.add_column(col, no_wrap=col in ("model", "weights", "eval15 dB/SSIM"))
+        table.add_column(col, no_wrap=col in ("model", "params", "weights", "eval15 dB/SSIM"))
     for r in rows:
         half = [p for p in ("fp16", "bf16") if r[p]]
         if r["default_weights"] is None:
@@ -59,6 +76,11 @@ def models(
         else:
             weights = "none yet"
         score = r["lol_eval15"]
+        if score is None and r["other_weights"]:
+            # No default weights: show what --weights can run instead, marked as not default.
+            other = r["other_weights"][0]
+            weights = f"({other['id']})"
+            score = other["lol_eval15"]
         table.add_row(
             r["name"] + (" *" if r["default"] else ""),
             r["kind"],
@@ -69,3 +91,9 @@ def models(
             f"{score['psnr']:.2f} / {score['ssim']:.3f}" if score else "-",
         )
     Console().print(table)
+
+
+def _eval15(metrics: dict) -> dict | None:
+    """The full-size LOL eval15 score of a manifest entry (older entries name it ``_engine``)."""
+    score = metrics.get("lol_eval15") or metrics.get("lol_eval15_engine")
+    return {"psnr": score["psnr"], "ssim": score["ssim"]} if score else None
