@@ -7,6 +7,8 @@ not show: embossing, colour blobs, halos, casts.
 
     python docs/scripts/gallery.py ../shared/data/unpaired/LIME/1.bmp ... \\
         --models nrl neid frlie gamma clahe --out docs/images/gallery/unpaired.jpg
+
+``--candidate neid=runs/neid/neid.lol.safetensors`` adds a panel of weights not landed yet.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["nrl", "neid", "frlie", "gamma", "clahe"])
     parser.add_argument("--width", type=int, default=240, help="panel width in pixels")
     parser.add_argument("--out", type=Path, required=True, help="output JPEG")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="MODEL=FILE",
+        help="also show MODEL with these weights, labelled 'MODEL new' (before landing them)",
+    )
     args = parser.parse_args()
 
     import cv2
@@ -57,6 +66,9 @@ def main() -> None:
     from lowlight_cli.image_io import read_image
 
     enhancers = {name: Enhancer.create(name) for name in args.models}
+    for item in args.candidate:
+        model, _, path = item.partition("=")
+        enhancers[f"{model} new"] = Enhancer.create(model, weights=path)
     rows = []
     for photo in args.photos:
         pixels = read_image(photo).pixels[..., :3]
