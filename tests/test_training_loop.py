@@ -158,8 +158,15 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, pairs_dir: Path, val_d
     # The best checkpoint and metrics agree too.
     log_a = [json.loads(x) for x in (tmp_path / "straight" / METRICS_LOG).read_text().splitlines()]
     log_b = [json.loads(x) for x in (tmp_path / "split" / METRICS_LOG).read_text().splitlines()]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
+    timing = ("sec_per_step", "wall_hours")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(log_a) == strip(log_b)
+    # Validation rows carry the run's wall hours, counted on across the resume.
+    hours = [r["wall_hours"] for r in log_b if r["kind"] == "val"]
+    assert hours == sorted(hours) and hours[-1] > 0
+    ckpt = torch.load(tmp_path / "split" / LAST, weights_only=False)
+    first_part = torch.load(tmp_path / "straight" / LAST, weights_only=False)["train_seconds"]
+    assert ckpt["train_seconds"] >= hours[-1] * 3600 - 1 and hours[-1] > 0 and first_part > 0
 
 
 def test_time_limit_stops_validates_and_resumes_exactly(

@@ -344,6 +344,8 @@ def _train(
         prepared = ckpt.get("prepared", {})
         start = int(ckpt["step"])
         best = ckpt.get("best")
+    # Wall seconds the run has trained, over all its invocations (learning curves in hours).
+    seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
 
     aug = Augment.from_recipe(recipe)
     channels_last = bool(cfg.channels_last)
@@ -413,6 +415,7 @@ def _train(
             "task_state": task.extra_state(),
             "rng": rng_state(),
             "best": best,
+            "train_seconds": seconds_before + (time.monotonic() - t_start),
         }
 
     flag: dict[str, bool] = {}
@@ -493,7 +496,16 @@ def _train(
                         is_best = best is None or scores["psnr"] > best["psnr"]
                         if is_best:
                             best = {"step": step, **scores}
-                        history.append({"kind": "val", "step": step, **scores})
+                        run_hours = (seconds_before + time.monotonic() - t_start) / 3600
+                        history.append(
+                            {
+                                "kind": "val",
+                                "step": step,
+                                **scores,
+                                "wall_hours": round(run_hours, 4),
+                                "threads": torch.get_num_threads(),
+                            }
+                        )
                         reporter.validation(step, scores, is_best)
                     if fit_now:
                         per_step = sec_per_step + (
@@ -822,6 +834,7 @@ def export_checkpoint(
         "model": ckpt["model"],
         "kwargs": ckpt["model_kwargs"],
         "steps": ckpt["step"],
+        "wall_hours": round(float(ckpt.get("train_seconds", 0.0)) / 3600, 2),
         "seed": ckpt["seed"],
         "data": ckpt["data"],
         "scores": scores,
