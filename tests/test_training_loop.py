@@ -500,6 +500,43 @@ def test_two_processes_match_one(tmp_path: Path, pairs_dir: Path) -> None:
     assert (tmp_path / "ws2" / "metrics.jsonl").read_text().count("\n") > 0  # rank 0 logged
 
 
+_DDP_BUDGET_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from test_training_loop import TinyEnhancer, _recipe
+from lowlight_cli.training.loop import TrainConfig, train
+torch.manual_seed(0)
+cfg = TrainConfig(model="tiny", dataset="pairs", data=Path({data!r}), val=Path({val!r}),
+                  recipe=_recipe(iterations=100_000, milestones=(50_000,), batch_size=4,
+                                 val_every=5),
+                  out=Path({out!r}), device="cpu", seed=3, workers=1, budget=4.0)
+result = train(cfg, model=TinyEnhancer())
+os.write(1, f"rank {{os.environ['RANK']}} ended at {{result.step}} of {{result.total_steps}}\\n"
+         .encode())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_fit_a_budget_alike(tmp_path: Path, pairs_dir: Path, val_dir: Path) -> None:
+    """--budget under torchrun: the processes fit and re-fit the schedule at the same steps
+    (each decision is all-reduced), so neither waits for the other forever, and they end alike."""
+    script = tmp_path / "run.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(
+        _DDP_BUDGET_SCRIPT.format(
+            tests=tests, out=str(tmp_path / "b2"), data=str(pairs_dir), val=str(val_dir)
+        )
+    )
+    done = _torchrun(script)
+    ends = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert len(ends) == 2, done.stdout
+    assert ends[0].split(" ", 2)[2] == ends[1].split(" ", 2)[2], ends
+    step, total = ends[0].split("ended at ")[1].split(" of ")
+    assert int(step) == int(total) < 100_000
+
+
 _HELD_SCRIPT = """
 import os, torch
 from lowlight_cli.training.distributed import _all_reduce
@@ -701,23 +738,26 @@ def test_budget_refits_when_the_first_steps_were_slow(
 
 
 def test_refit_never_moves_the_current_learning_rate() -> None:
-    from lowlight_cli.training.loop import _refit_budget
+    from lowlight_cli.training.loop import _budget_total, _refit_schedule
 
     recipe = _recipe(iterations=100, milestones=(50, 75))
     schedule = recipe.resolve(10, steps=100)
     now = time.monotonic()
-    # 1 s per step measured, 150 s left of the budget.
-    fit_from = (now - 20.0, 0)
-    t_start = now - 50.0
-    before_decay = _refit_budget(recipe, 10, schedule, 20, fit_from, 200.0, t_start)
-    assert before_decay is not None and abs(before_decay.total_steps - (20 + 150)) <= 1
-    assert before_decay.lr_at(20) == schedule.lr_at(20)
+    # 1 s per step measured since step 0; 150 s left of a 200 s budget -> about 170 steps.
+    total = _budget_total(20, (now - 20.0, 0), 200.0, now - 50.0)
+    assert abs(total - 170) <= 1
+    longer = _refit_schedule(recipe, 10, schedule, 20, total)
+    assert longer is not None and longer.total_steps == total
+    assert longer.lr_at(20) == schedule.lr_at(20) and longer.milestones[0] > 50
     # At step 60 the first decay is taken; a longer run would move it past step 60.
-    after_decay = _refit_budget(recipe, 10, schedule, 60, (now - 60.0, 0), 200.0, now - 60.0)
-    assert after_decay is None
-    # Within 5 % of the current length: left alone.
-    close = _refit_budget(recipe, 10, schedule, 20, fit_from, 20.0 + 82.0 + 30.0, t_start)
-    assert close is None
+    assert _refit_schedule(recipe, 10, schedule, 60, 200) is None
+    # A shorter one that keeps it taken is fine.
+    shorter = _refit_schedule(recipe, 10, schedule, 60, 90)
+    assert shorter is not None and shorter.lr_at(60) == schedule.lr_at(60)
+    # Within 5 % of the current length, or nothing measured: left alone.
+    assert _refit_schedule(recipe, 10, schedule, 20, 104) is None
+    assert _refit_schedule(recipe, 10, schedule, 20, 0) is None
+    assert _budget_total(20, (now, 20), 200.0, now - 50.0) == 0
 
 
 def test_budget_and_steps_are_exclusive(tmp_path: Path, pairs_dir: Path) -> None:

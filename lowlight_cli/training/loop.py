@@ -463,7 +463,11 @@ def _train(
                     fit_from = (time.monotonic(), step)
                 elif not fitted and fit_from is not None:
                     elapsed = time.monotonic() - fit_from[0]
-                    if step - fit_from[1] >= 3 and elapsed >= min(60.0, 0.02 * (cfg.budget or 0)):
+                    ready = step - fit_from[1] >= 3 and elapsed >= min(
+                        60.0, 0.02 * (cfg.budget or 0)
+                    )
+                    # Processes fit at one step (their all-reduces below must pair up).
+                    if _all_agree(ready, dist.world, device):
                         fitted = True
                         sec_per_step = elapsed / (step - fit_from[1])
                 if cfg.time_limit is not None and step < stop:
@@ -538,14 +542,12 @@ def _train(
                         # (or idler) then than later would end the run far from its budget.
                         # Re-fit on the rate so far, validations included, while that leaves
                         # the learning rate where it is now.
-                        refit = _refit_budget(
-                            recipe, size, schedule, step, fit_from, cfg.budget, t_start
+                        # Every process calls the all-reduce, then decides alike.
+                        proposed = _all_agree_max(
+                            _budget_total(step, fit_from, cfg.budget, t_start), dist.world, device
                         )
+                        refit = _refit_schedule(recipe, size, schedule, step, proposed)
                         if refit is not None:
-                            refit = recipe.resolve(
-                                size,
-                                steps=_all_agree_max(refit.total_steps, dist.world, device),
-                            )
                             old_total, schedule = total, refit
                             total = schedule.total_steps
                             stop = min(total, cfg.stop_at) if cfg.stop_at is not None else total
@@ -592,30 +594,28 @@ def _train(
     )
 
 
-def _refit_budget(
-    recipe: Recipe,
-    size: int,
-    schedule: Schedule,
-    step: int,
-    fit_from: tuple[float, int],
-    budget: float,
-    t_start: float,
-) -> Schedule | None:
-    """A schedule fitted to ``--budget`` at the rate measured since ``fit_from``, or None.
-
-    None when the run's length would change by under 5 %, when too little is left to time,
-    or when the new schedule would move the learning rate at ``step`` (a decay already taken
-    stays taken; one not yet reached is not skipped).
-    """
+def _budget_total(step: int, fit_from: tuple[float, int], budget: float, t_start: float) -> int:
+    """The run length ``--budget`` allows at the rate measured since ``fit_from`` (0: unknown)."""
     now = time.monotonic()
     if step - fit_from[1] < 1:
-        return None
+        return 0
     rate = (now - fit_from[0]) / (step - fit_from[1])
     remaining = budget - (now - t_start)
     if rate <= 0 or remaining <= 0:
-        return None
-    new_total = step + max(1, int(remaining / rate))
-    if abs(new_total - schedule.total_steps) <= 0.05 * schedule.total_steps:
+        return 0
+    return step + max(1, int(remaining / rate))
+
+
+def _refit_schedule(
+    recipe: Recipe, size: int, schedule: Schedule, step: int, new_total: int
+) -> Schedule | None:
+    """``schedule`` re-fitted to ``new_total`` steps, or None to keep it.
+
+    None when the length would change by under 5 %, or when the new schedule would move the
+    learning rate at ``step`` (a decay already taken stays taken; one not yet reached is not
+    skipped). A pure function of its arguments, so every process decides alike.
+    """
+    if new_total <= step or abs(new_total - schedule.total_steps) <= 0.05 * schedule.total_steps:
         return None
     candidate = recipe.resolve(size, steps=new_total)
     if not math.isclose(candidate.lr_at(step), schedule.lr_at(step), rel_tol=1e-6):
