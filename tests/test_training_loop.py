@@ -682,7 +682,10 @@ def test_budget_fits_the_whole_schedule_into_the_time(
     )
     assert result.finished and 4 <= result.total_steps < 100_000
     fitted = [line for line in reporter.lines if line.startswith("budget:")]
-    assert len(fitted) == 1 and f"{result.total_steps} steps" in fitted[0]
+    # One fit after the first steps, then re-fits at validations when the rate changed.
+    assert fitted and "re-fitted" not in fitted[0]
+    assert all("re-fitted" in line for line in fitted[1:])
+    assert f"{result.total_steps} steps" in fitted[-1]
     ckpt = torch.load(tmp_path / "budget" / LAST, weights_only=False)
     schedule = ckpt["schedule"]
     assert schedule["total_steps"] == result.total_steps
