@@ -871,7 +871,7 @@ def test_bf16_cpu_training_step_runs_and_matches_fp32(small_pairs: Path) -> None
             loss, _ = neid_loss(le.float(), dr.float(), high)
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        losses[dtype] = float(loss)
+        losses[dtype] = float(loss.detach())
     assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.03)
 
 
