@@ -68,7 +68,11 @@ def main() -> None:
     enhancers = {name: Enhancer.create(name) for name in args.models}
     for item in args.candidate:
         model, _, path = item.partition("=")
-        enhancers[f"{model} new"] = Enhancer.create(model, weights=path)
+        label, n = f"{model} new", 1
+        while label in enhancers:  # two candidates of one model: new, new2, ...
+            n += 1
+            label = f"{model} new{n}"
+        enhancers[label] = Enhancer.create(model, weights=path)
     rows = []
     for photo in args.photos:
         pixels = read_image(photo).pixels[..., :3]
