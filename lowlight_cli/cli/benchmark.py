@@ -357,9 +357,9 @@ def benchmark(
         raise UsageError("--quality-only and --speed-only exclude each other")
     if gallery is not None and speed_only:
         raise UsageError("--gallery shows the quality set", hint="drop --speed-only")
-    if data is None:
-        from lowlight_cli.datasets import default_lol, require_data
+    from lowlight_cli.datasets import data_dir, default_lol, require_data
 
+    if data is None:
         data = default_lol()
         if gallery is not None or quality_only:
             data = require_data("lol", data)
@@ -389,8 +389,6 @@ def benchmark(
         wanted = list(SECTIONS)
         if data is None:
             wanted.remove("quality")
-            from lowlight_cli.datasets import data_dir
-
             opts.notes.append(f"quality skipped: no --data, and no LOL in {data_dir() / 'lol'}")
     report: dict[str, Any] = {}
     failures: list[str] = []

@@ -21,7 +21,7 @@ def models(
         entry = manifest.entries.get(spec.default_weights) if spec.default_weights else None
         # Weights that --weights ID accepts besides the default (previews, other data sets).
         others = [
-            {"id": wid, "lol_eval15": _eval15(other.metrics)}
+            {"id": wid, "lol_eval15": other.metrics.get("lol_eval15")}
             for wid, other in sorted(manifest.entries.items())
             if wid.startswith(spec.name + ".") and wid != spec.default_weights
         ]
@@ -91,9 +91,3 @@ def models(
             f"{score['psnr']:.2f} / {score['ssim']:.3f}" if score else "-",
         )
     Console().print(table)
-
-
-def _eval15(metrics: dict) -> dict | None:
-    """The full-size LOL eval15 score of a manifest entry (older entries name it ``_engine``)."""
-    score = metrics.get("lol_eval15") or metrics.get("lol_eval15_engine")
-    return {"psnr": score["psnr"], "ssim": score["ssim"]} if score else None

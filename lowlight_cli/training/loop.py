@@ -347,6 +347,9 @@ def _train(
     # Wall seconds the run has trained, over all its invocations (learning curves in hours).
     seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
 
+    def trained_seconds() -> float:
+        return seconds_before + (time.monotonic() - t_start)
+
     aug = Augment.from_recipe(recipe)
     channels_last = bool(cfg.channels_last)
     if device.type == "cpu":
@@ -415,7 +418,7 @@ def _train(
             "task_state": task.extra_state(),
             "rng": rng_state(),
             "best": best,
-            "train_seconds": seconds_before + (time.monotonic() - t_start),
+            "train_seconds": trained_seconds(),
         }
 
     flag: dict[str, bool] = {}
@@ -500,13 +503,12 @@ def _train(
                         is_best = best is None or scores["psnr"] > best["psnr"]
                         if is_best:
                             best = {"step": step, **scores}
-                        run_hours = (seconds_before + time.monotonic() - t_start) / 3600
                         history.append(
                             {
                                 "kind": "val",
                                 "step": step,
                                 **scores,
-                                "wall_hours": round(run_hours, 4),
+                                "wall_hours": round(trained_seconds() / 3600, 4),
                                 "threads": torch.get_num_threads(),
                             }
                         )
@@ -516,7 +518,7 @@ def _train(
                             val_seconds / recipe.val_every if recipe.val_every else 0.0
                         )
                         remaining = (cfg.budget or 0) - (time.monotonic() - t_start)
-                        fit_total = step + max(1, int(remaining / per_step))
+                        fit_total = _steps_within(step, per_step, remaining)
                         schedule = recipe.resolve(
                             size, steps=_all_agree_max(fit_total, dist.world, device)
                         )
@@ -603,7 +605,12 @@ def _budget_total(step: int, fit_from: tuple[float, int], budget: float, t_start
     remaining = budget - (now - t_start)
     if rate <= 0 or remaining <= 0:
         return 0
-    return step + max(1, int(remaining / rate))
+    return _steps_within(step, rate, remaining)
+
+
+def _steps_within(step: int, sec_per_step: float, remaining: float) -> int:
+    """The run length that spends ``remaining`` seconds at ``sec_per_step`` (one step at least)."""
+    return step + max(1, int(remaining / sec_per_step))
 
 
 def _refit_schedule(
