@@ -651,13 +651,23 @@ def test_weights_from_checkpoint_writes_a_file_enhance_accepts(
     assert code == ExitCode.USAGE and "checkpoint" in err
 
     photo = tmp_path / "dark.png"
-    Image.fromarray(np.full((24, 20, 3), 30, np.uint8)).save(photo)
+    Image.fromarray(np.random.default_rng(0).integers(0, 60, (24, 20, 3), np.uint8)).save(photo)
     result = tmp_path / "bright.png"
     code, _, err = lowlight(
         ["enhance", str(photo), "--model", "neid", "--weights", str(dest), "-o", str(result)]
     )
     assert code == 0, err
     assert Image.open(result).size == (20, 24)
+
+    # The checkpoint itself is a --weights file too, and gives the exported file's picture
+    # (up to its fp16 rounding).
+    direct = tmp_path / "direct.png"
+    code, _, err = lowlight(
+        ["enhance", str(photo), "--model", "neid", "--weights", str(out / LAST), "-o", str(direct)]
+    )
+    assert code == 0, err
+    a, b = (np.asarray(Image.open(p), np.int16) for p in (result, direct))
+    assert np.abs(a - b).max() <= 2
 
 
 class _Messages(Reporter):

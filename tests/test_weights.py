@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -600,6 +601,40 @@ def test_pth_loading_never_runs_pickled_code(tmp_path):
     torch.save({"state_dict": {"module.w": torch.ones(2, dtype=torch.float64)}}, tmp_path / "ok.pt")
     loaded = W.read_state_dict(tmp_path / "ok.pt")
     assert list(loaded) == ["w"] and loaded["w"].dtype == torch.float32
+
+
+def test_a_training_checkpoint_reads_as_its_exported_weights(tmp_path):
+    """best.pt/last.pt of `lowlight train` give the EMA where the run kept one, the live weights
+    for the rest; numpy values in a checkpoint (older runs kept numpy's RNG state) are data."""
+    from lowlight_cli.training.checkpoint import rng_state, set_rng_state
+
+    live = {"a": torch.zeros(2), "b": torch.ones(2), "n": torch.tensor(3)}
+    ema = {"a": torch.full((2,), 0.5), "b": torch.full((2,), 0.75)}
+    numpy_state = np.random.get_state()
+    tensor_form = rng_state()["numpy"]
+    ckpt = {
+        "format": "lowlight-train",
+        "model": "neid",
+        "model_state": live,
+        "ema": ema,
+        "rng": {**rng_state(), "numpy": numpy_state},
+        "best": {"psnr": np.float64(17.5)},
+    }
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = W.read_state_dict(tmp_path / "old.pt")
+    assert torch.equal(loaded["a"], ema["a"]) and torch.equal(loaded["b"], ema["b"])
+    assert loaded["n"] == 3
+    torch.save({**ckpt, "ema": None}, tmp_path / "no_ema.pt")
+    assert torch.equal(W.read_state_dict(tmp_path / "no_ema.pt")["a"], live["a"])
+
+    # New checkpoints keep numpy's state as a tensor; both forms restore the same generator.
+    np.random.set_state(numpy_state)
+    first = np.random.random(3)
+    assert isinstance(tensor_form[1], torch.Tensor)
+    for state in (numpy_state, tensor_form):
+        np.random.set_state(numpy_state)
+        set_rng_state({**rng_state(), "numpy": state})
+        assert np.array_equal(np.random.random(3), first)
 
 
 # --------------------------------------------------------------------------------------------

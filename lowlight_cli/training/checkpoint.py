@@ -11,15 +11,21 @@ import torch
 
 from lowlight_cli.errors import UsageError
 from lowlight_cli.files import atomic_file
+from lowlight_cli.weights.state import TRAINING_CHECKPOINT_FORMAT
 
 CHECKPOINT_VERSION = 1
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a training step may touch (python, numpy, torch, cuda)."""
+    """Every random generator a training step may touch (python, numpy, torch, cuda).
+
+    numpy's key array is stored as a tensor, so that a checkpoint holds nothing the weights-only
+    unpickler refuses (``lowlight enhance --weights best.pt`` reads it that way).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -30,7 +36,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured (cuda only where it was captured and exists)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # older checkpoints: ndarray
+    np.random.set_state((name, np.asarray(keys, np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -64,7 +72,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a corrupt file
         raise UsageError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "lowlight-train":
+    if not isinstance(ckpt, dict) or ckpt.get("format") != TRAINING_CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a lowlight training checkpoint")
     return ckpt
 

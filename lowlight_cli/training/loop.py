@@ -54,6 +54,7 @@ from lowlight_cli.training.precision import (
 )
 from lowlight_cli.training.recipes import RECIPES, Recipe, Schedule, default_recipe
 from lowlight_cli.training.tasks import TASKS, Task
+from lowlight_cli.weights.state import TRAINING_CHECKPOINT_FORMAT, training_checkpoint_weights
 
 __all__ = [
     "BEST",
@@ -397,7 +398,7 @@ def _train(
 
     def make_checkpoint(step: int) -> dict[str, Any]:
         return {
-            "format": "lowlight-train",
+            "format": TRAINING_CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "model": cfg.model,
             "model_kwargs": {**_spec_kwargs(cfg.model), **recipe.model_kwargs},
@@ -827,7 +828,7 @@ def export_checkpoint(
     from lowlight_cli.weights import manifest_entry
 
     ckpt = load_checkpoint(checkpoint)
-    state = {**ckpt["model_state"], **(ckpt.get("ema") or {})}
+    state = training_checkpoint_weights(ckpt)
     best = ckpt.get("best") or {}
     tag = tag or ckpt.get("dataset", "custom")
     scores = {}

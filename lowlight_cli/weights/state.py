@@ -19,9 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
 def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt`` file into a CPU state dict.
 
-    ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses pickled code.
-    A checkpoint dict holding its weights under ``state_dict`` or ``model`` is unwrapped, and a
-    ``module.`` prefix (DataParallel) is removed.
+    ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses pickled code
+    (numpy arrays and scalars are allowed: checkpoints often carry them as metadata). A
+    ``lowlight train`` checkpoint (``best.pt``, ``last.pt``) gives the weights its export would
+    (:func:`training_checkpoint_weights`); another checkpoint dict holding its weights under
+    ``state_dict`` or ``model`` is unwrapped, and a ``module.`` prefix (DataParallel) is removed.
 
     Args:
         path: the file.
@@ -40,7 +42,7 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
 
             state: Any = load_file(str(path), device="cpu")
         elif suffix in (".pth", ".pt"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _load_pickled_tensors(path)
         elif suffix == ".onnx":
             raise WeightsError(
                 f"{path.name} is an ONNX model, not a state dict",
@@ -58,7 +60,9 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
             f"cannot read weights {path}: {exc}",
             hint="the file may be truncated or not a weights file; download it again",
         ) from exc
-    if isinstance(state, dict):
+    if isinstance(state, dict) and state.get("format") == TRAINING_CHECKPOINT_FORMAT:
+        state = training_checkpoint_weights(state)
+    elif isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
@@ -75,6 +79,35 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
     if keep_dtype:
         return dict(state)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+TRAINING_CHECKPOINT_FORMAT = "lowlight-train"
+
+
+def training_checkpoint_weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a ``lowlight train`` checkpoint stands for: the EMA where the run kept one
+    (what it validated and picked ``best.pt`` on), the live weights for everything else."""
+    return {**ckpt["model_state"], **(ckpt.get("ema") or {})}
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy's array and scalar constructors and dtype classes: data, not code."""
+    import numpy as np
+
+    reconstruct = np.empty(0).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"}
+    return [reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def _load_pickled_tensors(path: Path) -> Any:
+    import torch
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if safe_globals is None:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with safe_globals(_numpy_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, metadata: Mapping[str, str]) -> None:
