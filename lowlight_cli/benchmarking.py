@@ -48,7 +48,8 @@ DEFAULT_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
 }
 PATHS = ("fast", "full-res")
 # Seconds per megapixel of photo the fast path spends around the model (shrinking, fitting and
-# applying the colour transforms), for estimates only: about 0.2 s/MP measured on a 2-core CPU.
+# applying the colour transforms), for estimates only: about 0.2 s/MP measured on a 2-core CPU,
+# rounded up so that an estimate errs on the long side.
 FAST_PATH_S_PER_MP = 0.25
 # Timed runs and warm-up runs per configuration; CPUs get few because one run takes seconds.
 DEFAULT_REPEATS = {"cpu": 3, "gpu": 10}
