@@ -198,5 +198,35 @@ def load_model(
     model = spec.build(**overrides)
     if spec.kind == "neural":
         state = load_state_dict(weights, spec=spec)
-        model.load_state_dict(state, strict=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            raise _weights_mismatch(spec, weights, model, state) from err
     return model.to(device).eval()
+
+
+def _weights_mismatch(
+    spec: ModelSpec, weights: str | Path | None, model: nn.Module, state: dict[str, Any]
+) -> Exception:
+    """A WeightsError saying which model ``state`` is for, when its tensor names tell."""
+    from lowlight_cli.errors import WeightsError
+
+    what = f"weights {weights}" if weights is not None else f"the default weights of {spec.name}"
+    names = set(state)
+    for other in NEURAL_MODELS:
+        if other != spec.name and set(create_model(other).state_dict()) == names:
+            return WeightsError(
+                f"{what} are for model '{other}', not '{spec.name}'",
+                hint=f"run them with --model {other}, or pick weights made for {spec.name} "
+                "(lowlight weights list)",
+            )
+    expected = model.state_dict()
+    missing = len(set(expected) - names)
+    unexpected = len(names - set(expected))
+    shapes = sum(1 for k in names & set(expected) if state[k].shape != expected[k].shape)
+    return WeightsError(
+        f"{what} do not fit model '{spec.name}' ({missing} tensors missing, {unexpected} "
+        f"unexpected, {shapes} of another shape)",
+        hint="they may be another model's, or made with other model settings; "
+        "`lowlight weights list` shows the ones that fit",
+    )

@@ -765,3 +765,28 @@ def test_shipped_manifest_and_weights_name_no_machine_paths() -> None:
             meta = json.dumps(f.metadata() or {})
         assert not _absolute_paths(meta), path.name
         assert "../" not in meta, path.name  # nor the trainer's folder layout (../data/...)
+
+
+def test_weights_of_another_model_are_a_weights_error_naming_it(tmp_path, run_cli):
+    """A file made for another model is refused with exit 4 and the model it fits, not a
+    traceback; a file that fits no model says how far off it is."""
+    from lowlight_cli.registry import create_model, load_model
+
+    neid = create_model("neid").state_dict()
+    torch.save(neid, tmp_path / "neid.pt")
+    with pytest.raises(WeightsError, match="are for model 'neid', not 'nrl'"):
+        load_model("nrl", tmp_path / "neid.pt")
+    partial = {k: v for i, (k, v) in enumerate(neid.items()) if i}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(WeightsError, match="do not fit model 'neid' \\(1 tensors missing"):
+        load_model("neid", tmp_path / "partial.pt")
+
+    photo = tmp_path / "dark.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16, 3), 20, np.uint8)).save(photo)
+    code, _, err = run_cli(
+        ["enhance", str(photo), "--model", "nrl", "--weights", str(tmp_path / "neid.pt")]
+    )
+    assert code == ExitCode.WEIGHTS and "--model neid" in err
+    assert not (tmp_path / "dark_enhanced.png").exists()
