@@ -13,6 +13,7 @@ from PIL import Image
 from lowlight_cli.errors import UsageError
 from lowlight_cli.training.data import (
     Augment,
+    IdentityMix,
     PairedImages,
     PairedTrainingSet,
     SyntheticTrainingSet,
@@ -185,6 +186,47 @@ def test_exposure_augmentation_to_target_never_makes_an_input_brighter_than_its_
                 brightened += int(to_target and float(lo.mean()) > float(lo0.mean()) + 1e-4)
     assert over[False] > 0 and over[True] == 0
     assert brightened >= 18
+
+
+def test_identity_mix_replaces_a_share_of_samples_by_photo_crops_as_input_and_target() -> None:
+    """Replaced samples are a photo crop on both sides (untouched by the exposure augmentation);
+    every other sample is exactly the base set's; the mix is a pure function of (seed, step)."""
+    base = _paired_set(n=4, h=40, w=50)
+    photos = [np.full((30, 30, 3), 200 + k, np.uint8) for k in range(3)]  # bright, one grey each
+    mix = IdentityMix(base, photos, 0.5, "photos")
+    assert len(mix) == len(base) and mix.shapes() == base.shapes()
+    assert "identity pairs: photos (3 photos, 50% of samples)" in mix.description
+    replaced = 0
+    for aug in (Augment(patch=20), Augment(patch=20, exposure_gain=16.0, exposure_prob=1.0)):
+        for step in range(10):
+            ours, theirs = mix.sample(3, step, 4, aug), base.sample(3, step, 4, aug)
+            assert torch.equal(ours.low, mix.sample(3, step, 4, aug).low)
+            for k in range(4):
+                if torch.equal(ours.high[k], theirs.high[k]):
+                    assert torch.equal(ours.low[k], theirs.low[k])
+                    continue
+                replaced += 1
+                assert torch.equal(ours.low[k], ours.high[k])
+                grey = round(float(ours.high[k].mean()) * 255)
+                assert grey in (200, 201, 202) and float(ours.high[k].std()) < 1e-6
+    assert 20 <= replaced <= 60  # 80 samples at p = 0.5
+    with pytest.raises(UsageError, match="identity_prob"):
+        IdentityMix(base, photos, 0.0)
+
+
+def test_identity_data_needs_a_share_and_a_share_needs_data(tmp_path: Path) -> None:
+    data = _pairs_dir(tmp_path / "pairs")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_gradient_image(32, 40, 9)).save(photos / "sky.jpg")
+    run = build_run_data("pairs", data, identity_data=photos, identity_prob=0.25, workers=1)
+    assert isinstance(run.train, IdentityMix)
+    assert f"identity pairs: {tmp_path.name}/photos (1 photos" in run.description
+    assert str(tmp_path) not in run.description  # no path of the training machine
+    with pytest.raises(UsageError, match="--identity-data"):
+        build_run_data("pairs", data, identity_prob=0.25, workers=1)
+    with pytest.raises(UsageError, match="identity_prob"):
+        build_run_data("pairs", data, identity_data=photos, workers=1)
 
 
 def test_input_downscale_halves_low_only() -> None:

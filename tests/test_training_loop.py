@@ -613,6 +613,32 @@ def test_train_command_time_limit_then_resume_and_export(
     assert exported.name in json.dumps(json.loads(stdout))
 
 
+def test_train_with_identity_data_records_its_share_and_needs_it_to_resume(
+    tmp_path: Path, val_dir: Path, run_cli
+) -> None:
+    from lowlight_cli.errors import ExitCode
+
+    data = _write_pairs(tmp_path / "pairs", 2, size=(32, 32))
+    photos = tmp_path / "lit"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 230, np.uint8)).save(photos / "sky.png")
+    out = tmp_path / "run"
+    common = ["train", "--model", "neid", "--dataset", "pairs", "--data", str(data), "--val"]
+    common += [str(val_dir), "--out", str(out), "--device", "cpu", "--threads", "1"]
+    common += ["--batch-size", "2", "--patch", "32", "--workers", "1"]
+    code, _, err = run_cli([*common, "--steps", "3", "--time-limit", "0.000001",
+                            "--identity-data", str(photos)])  # fmt: skip
+    assert code == 0, err
+    ckpt = torch.load(out / LAST, weights_only=False)
+    assert ckpt["recipe"]["identity_prob"] == 0.25 and f"identity pairs: {tmp_path.name}/lit" in ckpt["data"]
+
+    code, _, err = run_cli([*common, "--resume", str(out / LAST)])
+    assert code == ExitCode.USAGE and "--identity-data" in err
+    code, _, err = run_cli([*common, "--resume", str(out / LAST), "--identity-data", str(photos)])
+    assert code == 0, err
+    assert torch.load(out / LAST, weights_only=False)["step"] == 3
+
+
 def test_weights_from_checkpoint_writes_a_file_enhance_accepts(
     tmp_path: Path, val_dir: Path, run_cli
 ) -> None:

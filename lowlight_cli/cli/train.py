@@ -13,6 +13,8 @@ from lowlight_cli.constants import ENV_DEVICE, ENV_VGG16_PATH
 from lowlight_cli.errors import UsageError
 
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+# The share of identity pairs when --identity-data is given without --set identity_prob.
+DEFAULT_IDENTITY_PROB = 0.25
 
 
 def parse_duration(text: str) -> float:
@@ -226,6 +228,13 @@ def train(
         help="Training pairs held out for validation when --val is not given (lol: 15; "
         "eval15 is then left as the test set). 0: lol validates on eval15.",
     ),
+    identity_data: Path | None = typer.Option(
+        None,
+        "--identity-data",
+        help="A folder of well-exposed photos: a share of the crops (--set identity_prob, "
+        "default 0.25) is one of them as input and target, so the model leaves lit photos "
+        "alone. Give it again with --resume.",
+    ),
     settings: list[str] = typer.Option(
         [], "--set", help="Recipe setting KEY=VALUE (repeatable), e.g. --set init=kaiming."
     ),
@@ -250,6 +259,9 @@ def train(
         raise UsageError("--stage is only for frlie")
     if stage is not None and stage not in (1, 2):
         raise UsageError("--stage must be 1 or 2")
+    overrides = parse_settings(settings)
+    if identity_data is not None:
+        overrides.setdefault("identity_prob", DEFAULT_IDENTITY_PROB)
     recipe = default_recipe(spec.name).override(
         batch_size=batch_size,
         patch=patch,
@@ -257,7 +269,7 @@ def train(
         val_every=val_every,
         log_every=log_every,
         stage=stage,
-        **parse_settings(settings),
+        **overrides,
     )
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise UsageError(f"unknown precision '{precision}'", hint="auto, fp32, fp16, bf16")
@@ -290,6 +302,7 @@ def train(
         val_every=val_every,
         log_every=log_every,
         time_limit=parse_duration(time_limit) if time_limit is not None else None,
+        identity_data=identity_data,
     )
     result = run_training(cfg, reporter=_make_reporter(recipe.log_every))
     if result.best:

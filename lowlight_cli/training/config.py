@@ -52,6 +52,8 @@ class TrainConfig:
         val_every: validate every N steps instead of the recipe's (also when resuming: how often
             a run is validated does not change its training).
         log_every: log every N steps instead of the recipe's (also when resuming).
+        identity_data: well-exposed photos for the recipe's ``identity_prob`` share of identity
+            pairs (:class:`~lowlight_cli.training.data.IdentityMix`); give it again on resume.
     """
 
     model: str
@@ -78,6 +80,7 @@ class TrainConfig:
     ema_decay: float | None = None
     val_every: int | None = None
     log_every: int | None = None
+    identity_data: Path | None = None
 
 
 class Reporter:

@@ -427,6 +427,8 @@ def downscale_bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    if len({a.dtype for a in arrays}) > 1:  # uint8 crops beside float32 ones in [0, 1]
+        arrays = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays]
     stacked = np.stack([np.ascontiguousarray(a) for a in arrays])
     t = torch.from_numpy(stacked).permute(0, 3, 1, 2)
     return t.float().div_(255.0) if stacked.dtype == np.uint8 else t.float()
@@ -462,12 +464,20 @@ class TrainingSet:
         idx = sample_indices(len(self), seed, step, batch_size)
         lows, highs = [], []
         for j in range(rank, batch_size, world):
-            rng = np.random.default_rng([seed, step, j, 0xA06])
-            lo, hi = self._sample_one(int(idx[j]), rng, aug)
-            lows.append(_expose(lo, hi, rng, aug))
+            lo, hi = self._draw(int(idx[j]), (seed, step, j), aug)
+            lows.append(lo)
             highs.append(hi)
         low, high = _to_tensor(lows), _to_tensor(highs)
         return Batch(downscale_bicubic(low, aug.input_downscale), high)
+
+    def _draw(
+        self, i: int, key: tuple[int, int, int], aug: Augment
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``j`` of step ``step`` (``key = (seed, step, j)``): item ``i``, cropped,
+        augmented and exposed with a generator of its own."""
+        rng = np.random.default_rng([*key, 0xA06])
+        lo, hi = self._sample_one(i, rng, aug)
+        return _expose(lo, hi, rng, aug), hi
 
     def _sample_one(
         self, i: int, rng: np.random.Generator, aug: Augment
@@ -525,6 +535,48 @@ class SyntheticTrainingSet(TrainingSet):
         return synthesize_low_light(hi_f, rng, self.params), hi_f
 
 
+class IdentityMix(TrainingSet):
+    """A training set with some samples replaced by identity pairs of well-exposed photos.
+
+    With probability ``prob`` (drawn per sample from a generator of its own, so the other
+    samples are exactly the base set's), sample ``j`` of a step is a random crop of a random
+    photo, flipped and rotated like any crop, as both input and target: the model learns to
+    leave a well-lit picture alone. The exposure augmentation does not touch those crops.
+    Epochs, ``len`` and ``shapes`` stay the base set's.
+    """
+
+    def __init__(
+        self, base: TrainingSet, photos: list[np.ndarray], prob: float, source: str = ""
+    ) -> None:
+        if not 0.0 < prob <= 1.0:
+            raise UsageError(f"identity_prob must be in (0, 1], not {prob:g}")
+        if not photos:
+            raise UsageError("no identity photos")
+        self.base, self.photos, self.prob = base, photos, prob
+        self.description = (
+            f"{base.description} + identity pairs: {source} ({len(photos)} photos, "
+            f"{prob:.0%} of samples)"
+        )
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return self.base.shapes()
+
+    def _draw(
+        self, i: int, key: tuple[int, int, int], aug: Augment
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pick = np.random.default_rng([*key, 0x1D7])
+        if pick.uniform() >= self.prob:
+            return self.base._draw(i, key, aug)
+        photo = self.photos[int(pick.integers(len(self.photos)))]
+        y, x = _crop_origin(photo.shape, aug.patch, pick)
+        (crop,) = _augment([photo[y : y + aug.patch, x : x + aug.patch]], pick, aug)
+        crop = np.ascontiguousarray(crop)
+        return crop, crop.copy()
+
+
 def synthetic_pairs(
     images: Sequence[np.ndarray], names: Sequence[str], seed: int, source: str = ""
 ) -> PairedImages:
@@ -558,6 +610,8 @@ def build_run_data(
     workers: int = 2,
     normal_only: bool = False,
     holdout: int = 0,
+    identity_data: str | Path | None = None,
+    identity_prob: float = 0.0,
 ) -> RunData:
     """Decode the training (and validation) data of a run.
 
@@ -572,6 +626,8 @@ def build_run_data(
             pair are the ground truth.
         holdout: without ``val``, hold this many training pairs out for validation
             (:func:`holdout_indices`); ``lol`` then does not load eval15, which stays a test set.
+        identity_data: a folder of well-exposed photos for :class:`IdentityMix`.
+        identity_prob: the share of samples drawn from them (needs ``identity_data``).
 
     Raises:
         UsageError: unknown kind or a folder in the wrong layout.
@@ -610,6 +666,20 @@ def build_run_data(
             val_images = PairedImages(
                 val_images.names, val_images.high, val_images.high, val_images.source
             )
+    if identity_prob > 0.0:
+        if identity_data is None:
+            raise UsageError(
+                f"identity_prob {identity_prob:g} needs a folder of well-exposed photos",
+                hint="pass --identity-data FOLDER, or --set identity_prob=0",
+            )
+        photos = _decode_all(list_images(identity_data), workers)
+        train = IdentityMix(train, photos, identity_prob, dataset_name(identity_data))
+    elif identity_data is not None:
+        raise UsageError(
+            "--identity-data is given but identity_prob is 0",
+            hint="set its share with --set identity_prob=0.25 (a run started without "
+            "identity pairs resumes without them)",
+        )
     desc = train.description + (
         f"; val {val_images.source} ({len(val_images)})" if val_images else ""
     )

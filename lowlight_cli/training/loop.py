@@ -299,6 +299,8 @@ def _train(
         workers=cfg.workers,
         normal_only=recipe.model == "frlie" and recipe.stage == 1,
         holdout=holdout,
+        identity_data=cfg.identity_data,
+        identity_prob=recipe.identity_prob,
     )
     size = data.train.count(recipe.epoch_unit, recipe.patch)
     if ckpt is not None and cfg.steps is None and cfg.epochs is None:

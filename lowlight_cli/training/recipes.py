@@ -79,6 +79,11 @@ class Recipe:
         exposure_to_target: also cap the gain so that an augmented crop is on average no
             brighter than its target: the model then never learns to darken, only to brighten a
             partly lit input less (a well-lit one not at all).
+        identity_prob: with ``--identity-data FOLDER`` (ours, no paper's), the share of
+            training samples that are a crop of one of those well-exposed photos as both input
+            and target: the model learns to leave a well-lit picture as it is (LOL pairs never
+            show one). ``0`` (default) without such a folder; the CLI makes it ``0.25`` when a
+            folder is given and no ``--set identity_prob``.
         loss: loss of the generic paired task (models without their own task, e.g. test
             stand-ins): ``l2`` or ``l1``.
         val_every: validate every this many steps (0: only at the end).
@@ -108,6 +113,7 @@ class Recipe:
     exposure_gain: float = 1.0
     exposure_prob: float = 0.5
     exposure_to_target: bool = False
+    identity_prob: float = 0.0
     loss: str = "l2"
     val_every: int = 1000
     log_every: int = 50
