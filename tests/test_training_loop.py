@@ -630,7 +630,10 @@ def test_train_with_identity_data_records_its_share_and_needs_it_to_resume(
                             "--identity-data", str(photos)])  # fmt: skip
     assert code == 0, err
     ckpt = torch.load(out / LAST, weights_only=False)
-    assert ckpt["recipe"]["identity_prob"] == 0.25 and f"identity pairs: {tmp_path.name}/lit" in ckpt["data"]
+    assert (
+        ckpt["recipe"]["identity_prob"] == 0.25
+        and f"identity pairs: {tmp_path.name}/lit" in ckpt["data"]
+    )
 
     code, _, err = run_cli([*common, "--resume", str(out / LAST)])
     assert code == ExitCode.USAGE and "--identity-data" in err
@@ -955,3 +958,20 @@ def test_train_finds_lol_in_the_data_folder_or_says_where_to_put_it(
     assert code == 0, err
     ckpt = torch.load(out / LAST, weights_only=False)
     assert ckpt["step"] == 2 and "lol/our485" in ckpt["data"]
+
+
+def test_init_from_a_checkpoint_takes_its_ema_weights(tmp_path: Path) -> None:
+    """--init best.pt starts from the weights the run validated and would export (its EMA)."""
+    from types import SimpleNamespace
+
+    from lowlight_cli.registry import create_model
+    from lowlight_cli.training.loop import _load_init
+
+    live = create_model("neid").state_dict()
+    ema = {k: v + 1 for k, v in live.items() if v.is_floating_point()}
+    path = tmp_path / "best.pt"
+    torch.save({"format": "lowlight-train", "model_state": live, "ema": ema}, path)
+    task = SimpleNamespace(recipe=SimpleNamespace(model="neid"), model=create_model("neid"))
+    _load_init(task, path)
+    for name, value in task.model.state_dict().items():
+        assert torch.equal(value, ema.get(name, live[name]))

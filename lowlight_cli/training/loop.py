@@ -762,16 +762,16 @@ def _spec_kwargs(name: str) -> dict[str, Any]:
 
 
 def _load_init(task: Task, path: Path) -> str:
-    """Load starting weights non-strictly: a ``.pt`` checkpoint, a ``.safetensors`` file, or
-    (frlie) the authors' stage-1 ``weights_reconstruct.pth``."""
+    """Load starting weights non-strictly: a ``.pt`` checkpoint (the weights its export would
+    give), a ``.safetensors`` file, or (frlie) the authors' stage-1 ``weights_reconstruct.pth``."""
     path = Path(path)
     if path.suffix == ".pth" and task.recipe.model == "frlie":
         from lowlight_cli.models.frlie import load_authors_stage1
 
         load_authors_stage1(task.model, path)
         return str(path)
-    if path.suffix == ".pt":
-        state = load_checkpoint(path)["model_state"]
+    if path.suffix == ".pt":  # the weights the checkpoint was validated with: its EMA if kept
+        state = training_checkpoint_weights(load_checkpoint(path))
     elif path.suffix == ".safetensors":
         from lowlight_cli.weights import read_state_dict
 
