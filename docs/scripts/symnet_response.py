@@ -1,4 +1,4 @@
-"""Two diagnostics of symnet weights: what the frozen encoder/decoder pass, and what flat greys become.
+"""Two diagnostics of symnet weights: what its frozen encoder/decoder pass, what flat greys become.
 
 1. **The encoder/decoder's frequency response.** symnet's image is rebuilt by the frozen decoder
    ``D`` (the transposed VGG ``conv1_1``/``conv1_2``) from the features the invertible transform
@@ -12,8 +12,8 @@
    to about the same grey flattens the contrast of real photos (a washed-out, pastel look);
    one that keeps bright levels bright leaves lit scenes alone.
 
-    python docs/scripts/symnet_response.py --weights lowlight_cli/bundled/symnet.lol-cpu.safetensors \\
-        --weights runs/symnet/best.pt
+    python docs/scripts/symnet_response.py \\
+        --weights lowlight_cli/bundled/symnet.lol-cpu.safetensors --weights runs/symnet/best.pt
 
 Weights files carry the encoder kernels, so no VGG file is needed. Runs on the CPU in seconds.
 """
@@ -62,7 +62,7 @@ def main() -> None:
         with torch.no_grad():
             for name, colour in (("grey", (1.0, 1.0, 1.0)), ("red-blue", (1.0, 0.0, -1.0))):
                 gains = [_gain(model, f, colour) for f in FREQUENCIES]
-                cells = "  ".join(f"{f:.4f}: {g:.4f}" for f, g in zip(FREQUENCIES, gains))
+                cells = "  ".join(f"{f:.4f}: {g:.4f}" for f, g in zip(FREQUENCIES, gains, strict=True))
                 print(f"D(E(x)) gain, {name} cosines (cycles/px: gain)  {cells}")
                 print(f"  largest / flat gain: {max(gains) / max(abs(gains[0]), 1e-12):.1f}x")
             rows = []
