@@ -62,7 +62,8 @@ def main() -> None:
         with torch.no_grad():
             for name, colour in (("grey", (1.0, 1.0, 1.0)), ("red-blue", (1.0, 0.0, -1.0))):
                 gains = [_gain(model, f, colour) for f in FREQUENCIES]
-                cells = "  ".join(f"{f:.4f}: {g:.4f}" for f, g in zip(FREQUENCIES, gains, strict=True))
+                pairs = zip(FREQUENCIES, gains, strict=True)
+                cells = "  ".join(f"{f:.4f}: {g:.4f}" for f, g in pairs)
                 print(f"D(E(x)) gain, {name} cosines (cycles/px: gain)  {cells}")
                 print(f"  largest / flat gain: {max(gains) / max(abs(gains[0]), 1e-12):.1f}x")
             rows = []
