@@ -277,6 +277,35 @@ def test_export_writes_fp16_safetensors(tmp_path: Path, pairs_dir: Path, val_dir
     assert torch.allclose(weight, saved, atol=1e-3)
 
 
+def test_export_scores_are_the_checkpoints_own_validation(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path
+) -> None:
+    """last.pt's entry carries the last validation's scores, best.pt's the best's; a checkpoint
+    whose step was never validated (an older last.pt) carries none rather than another's."""
+    train(
+        _cfg(tmp_path, pairs_dir, val_dir, "own", recipe=_recipe(iterations=6, val_every=2)),
+        model=_model(),
+    )
+    rows = [json.loads(x) for x in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
+    vals = {r["step"]: r for r in rows if r["kind"] == "val"}
+    for name in (LAST, BEST):
+        ckpt = torch.load(tmp_path / "own" / name, weights_only=False)
+        exported = export_checkpoint(tmp_path / "own" / name, tmp_path / f"{name}.safetensors")
+        scores = exported["entry"]["metrics"]["validation"]
+        assert scores["psnr"] == round(vals[ckpt["step"]]["psnr"], 4)
+    ckpt = torch.load(tmp_path / "own" / LAST, weights_only=False)
+    torch.save({**ckpt, "best": {"step": 2, "psnr": 99.0, "ssim": 0.9}}, tmp_path / "later.pt")
+    exported = export_checkpoint(tmp_path / "later.pt", tmp_path / "later.safetensors")
+    assert exported["entry"]["metrics"]["validation"]["psnr"] == round(
+        vals[ckpt["step"]]["psnr"], 4
+    )  # a last.pt behind the run's best keeps its own score
+    ckpt.pop("validated")
+    ckpt["best"] = {**ckpt["best"], "step": ckpt["step"] - 1}
+    torch.save(ckpt, tmp_path / "old.pt")
+    exported = export_checkpoint(tmp_path / "old.pt", tmp_path / "old.safetensors")
+    assert "validation" not in exported["entry"].get("metrics", {})
+
+
 def test_export_names_files_in_prepared_by_file_name_only(
     tmp_path: Path, pairs_dir: Path, val_dir: Path
 ) -> None:

@@ -337,6 +337,7 @@ def _train(
     prepared: dict[str, Any] = {}
     start = 0
     best: dict[str, Any] | None = None
+    validated: dict[str, Any] | None = None  # the latest validation's step and scores
     if ckpt is None:
         if cfg.init is not None:
             prepared["init"] = _load_init(task, cfg.init)
@@ -347,6 +348,7 @@ def _train(
         prepared = ckpt.get("prepared", {})
         start = int(ckpt["step"])
         best = ckpt.get("best")
+        validated = ckpt.get("validated")
     # Wall seconds the run has trained, over all its invocations (learning curves in hours).
     seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
 
@@ -421,6 +423,7 @@ def _train(
             "task_state": task.extra_state(),
             "rng": rng_state(),
             "best": best,
+            "validated": validated,
             "train_seconds": trained_seconds(),
         }
 
@@ -503,6 +506,7 @@ def _train(
                             task, ema, model, data.val, size_multiple, device, amp
                         )
                         val_seconds = time.monotonic() - t_val
+                        validated = {"step": step, **scores}
                         is_best = best is None or scores["psnr"] > best["psnr"]
                         if is_best:
                             best = {"step": step, **scores}
@@ -831,11 +835,16 @@ def export_checkpoint(
 
     ckpt = load_checkpoint(checkpoint)
     state = training_checkpoint_weights(ckpt)
-    best = ckpt.get("best") or {}
+    # The scores of this checkpoint's own weights: its step's validation (older checkpoints
+    # have only the run's best, which is this checkpoint's only when it is best.pt).
+    own = next(
+        (v for v in (ckpt.get("validated"), ckpt.get("best")) if v and v["step"] == ckpt["step"]),
+        None,
+    )
     tag = tag or ckpt.get("dataset", "custom")
     scores = {}
-    if best:
-        scores = {"psnr": round(best["psnr"], 4), "ssim": round(best["ssim"], 5)}
+    if own:
+        scores = {"psnr": round(own["psnr"], 4), "ssim": round(own["ssim"], 5)}
     if ckpt.get("val_holdout"):
         split = f"{ckpt.get('dataset', 'train')}_val_holdout"  # pairs held out of training
     else:
