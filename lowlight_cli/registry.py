@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lowlight_cli.errors import UsageError
+from lowlight_cli.errors import UsageError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -207,10 +207,8 @@ def load_model(
 
 def _weights_mismatch(
     spec: ModelSpec, weights: str | Path | None, model: nn.Module, state: dict[str, Any]
-) -> Exception:
+) -> WeightsError:
     """A WeightsError saying which model ``state`` is for, when its tensor names tell."""
-    from lowlight_cli.errors import WeightsError
-
     what = f"weights {weights}" if weights is not None else f"the default weights of {spec.name}"
     names = set(state)
     for other in NEURAL_MODELS:
