@@ -595,7 +595,16 @@ def test_gloo_all_reduce_returns_once_the_worker_let_go(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("540", 540.0), ("540s", 540.0), ("9m", 540.0), ("1.5h", 5400.0)]
+    ("text", "seconds"),
+    [
+        ("540", 540.0),
+        ("540s", 540.0),
+        ("9m", 540.0),
+        ("1.5h", 5400.0),
+        ("2h10m", 7800.0),
+        ("1h 30m 20s", 5420.0),
+        ("10m30s", 630.0),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     from lowlight_cli.cli.train import parse_duration
@@ -603,7 +612,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "m", "0", "-5m", "nan", "inf", "5 min", "5d"])
+@pytest.mark.parametrize(
+    "text", ["", "m", "0", "-5m", "nan", "inf", "5 min", "5d", "1m2h", "2h2h", "1h m", "1e3"]
+)
 def test_parse_duration_rejects(text: str) -> None:
     from lowlight_cli.cli.train import parse_duration
     from lowlight_cli.errors import UsageError

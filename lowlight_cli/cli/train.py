@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,25 +13,29 @@ import typer
 from lowlight_cli.constants import ENV_DEVICE, ENV_VGG16_PATH
 from lowlight_cli.errors import UsageError
 
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+# "540", or hours, minutes and seconds in that order, each at most once: "2h10m", "1h 30m 20s".
+_DURATION = re.compile(
+    rf"(?P<bare>{_NUMBER})|(?=\S)(?:(?P<h>{_NUMBER})h)?\s*(?:(?P<m>{_NUMBER})m)?\s*(?:(?P<s>{_NUMBER})s)?"
+)
 # The share of identity pairs when --identity-data is given without --set identity_prob.
 DEFAULT_IDENTITY_PROB = 0.25
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``540``, ``540s``, ``9m``, ``1.5h``.
+    """Seconds in ``text``: ``540``, ``540s``, ``9m``, ``1.5h``, ``2h10m``, ``1h 30m 20s``.
 
     Raises:
-        UsageError: not a positive number with an optional s/m/h unit.
+        UsageError: not a positive duration in that form.
     """
-    value = text.strip().lower()
-    unit = value[-1:] if value[-1:] in ("s", "m", "h") else ""
-    try:
-        seconds = float(value[: len(value) - len(unit)]) * _DURATION_UNITS[unit]
-    except ValueError:
-        seconds = float("nan")
+    match = _DURATION.fullmatch(text.strip().lower())
+    parts = match.groupdict() if match else {}
+    seconds = float(parts["bare"]) if parts.get("bare") else 0.0
+    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if parts.get(unit):
+            seconds += float(parts[unit]) * scale
     if not seconds > 0 or seconds == float("inf"):
-        raise UsageError(f"'{text}' is not a duration", hint="e.g. 540, 540s, 9m or 1.5h")
+        raise UsageError(f"'{text}' is not a duration", hint="e.g. 540, 540s, 9m, 1.5h or 2h10m")
     return seconds
 
 
@@ -241,7 +246,7 @@ def train(
     time_limit: str | None = typer.Option(
         None,
         "--time-limit",
-        help="Stop after this long (540, 9m, 1.5h): validate, checkpoint, export if asked; "
+        help="Stop after this long (540, 9m, 1.5h, 2h10m): validate, checkpoint, export if asked; "
         "--resume continues the schedule.",
     ),
 ) -> None:
