@@ -653,6 +653,30 @@ def test_train_command_time_limit_then_resume_and_export(
     assert exported.name in json.dumps(json.loads(stdout))
 
 
+def test_resume_of_a_finished_run_says_so(tmp_path: Path, val_dir: Path, run_cli) -> None:
+    """--resume of a run whose schedule is complete trains nothing and says why; with --budget
+    (more training wanted) it is a usage error that points to --init."""
+    from lowlight_cli.errors import ExitCode
+
+    data = _write_pairs(tmp_path / "pairs", 2, size=(32, 32))
+    out = tmp_path / "done"
+    common = ["train", "--model", "neid", "--dataset", "pairs", "--data", str(data)]
+    common += ["--val", str(val_dir), "--out", str(out), "--device", "cpu", "--threads", "1"]
+    common += ["--batch-size", "2", "--patch", "32", "--workers", "1"]
+    code, _, err = run_cli([*common, "--steps", "2"])
+    assert code == 0, err
+    before = (out / LAST).read_bytes()
+
+    code, _, err = run_cli([*common, "--resume", str(out / LAST)])
+    assert code == 0, err
+    assert "finished its schedule (step 2 of 2)" in err and "--init" in err
+    assert (out / LAST).read_bytes() == before
+
+    code, _, err = run_cli([*common, "--resume", str(out / LAST), "--budget", "10m"])
+    assert code == ExitCode.USAGE
+    assert "finished its schedule" in err and f"--init {out / LAST}" in err
+
+
 def test_train_with_identity_data_records_its_share_and_needs_it_to_resume(
     tmp_path: Path, val_dir: Path, run_cli
 ) -> None:

@@ -277,6 +277,20 @@ def _train(
                 hint=f"use --model {ckpt['model']}",
             )
         seed = int(ckpt["seed"])
+        done, planned = int(ckpt["step"]), int(ckpt["schedule"]["total_steps"])
+        if done >= planned and cfg.steps is None and cfg.epochs is None:
+            # Its learning rate has decayed to the end: a budget has nothing left to fit.
+            again = f"--init {cfg.resume} --out NEW_FOLDER"
+            if cfg.budget is not None:
+                raise UsageError(
+                    f"{cfg.resume} has finished its schedule (step {done} of {planned}); "
+                    "--budget can only fit steps still to come",
+                    hint=f"to train on from its weights, start a new run: {again}",
+                )
+            reporter.message(
+                f"{cfg.resume} has finished its schedule (step {done} of {planned}): nothing "
+                f"to train; to train on from its weights, start a new run with {again}"
+            )
     else:
         recipe = cfg.recipe or default_recipe(cfg.model)
         seed = cfg.seed
