@@ -17,6 +17,7 @@ from lowlight_cli.training.losses import (
     discriminator_adversarial_loss,
     dynamic_perceptual_loss,
     generator_adversarial_loss,
+    lowpass_mse,
     nrl_content_loss,
     nrl_loss,
     symnet_loss,
@@ -57,6 +58,30 @@ def test_symnet_loss_weights():
     low, high = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
     total, parts = symnet_loss(model, low, high, w_forward=2.0, w_backward=0.0)
     assert total.item() == pytest.approx(2.0 * parts["forward"].item(), rel=1e-6)
+
+
+def test_lowpass_mse_weights_flat_errors_and_ignores_fine_ones():
+    target = torch.rand(1, 3, 32, 32)
+    # A flat error e counts e**2 at each box size that fits (4, 8, 16, 32 px).
+    assert lowpass_mse(target + 0.1, target).item() == pytest.approx(4 * 0.01, rel=1e-4)
+    assert lowpass_mse(target[..., :8, :8] + 0.1, target[..., :8, :8]).item() == pytest.approx(
+        2 * 0.01, rel=1e-4
+    )
+    # A pixel checkerboard averages out in every box.
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.2 - 0.1
+    assert lowpass_mse(target + checker, target).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_symnet_lowfreq_term_adds_to_both_directions():
+    model = _tiny_symnet()
+    low, high = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    plain, parts = symnet_loss(model, low, high)
+    assert "lowfreq" not in parts
+    total, parts = symnet_loss(model, low, high, w_lowfreq=3.0)
+    with torch.no_grad():
+        expected = lowpass_mse(model(low), high) + lowpass_mse(model.inverse(high), low)
+    assert parts["lowfreq"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert total.item() == pytest.approx(plain.item() + 3.0 * expected.item(), rel=1e-5)
 
 
 def test_nrl_content_loss_by_hand():

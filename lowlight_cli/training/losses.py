@@ -33,12 +33,21 @@ def symnet_loss(
     *,
     w_forward: float = 1.0,
     w_backward: float = 1.0,
+    w_lowfreq: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Two-way L2 of eqs. 12-14: ``w_forward * MSE(model(low), high)`` (low->high) plus
     ``w_backward * MSE(model.inverse(high), low)``, i.e. ``D(IFT^-1(E(high)))`` vs ``low``.
 
-    The paper's weights are ``lambda_H = lambda_L = 1``. Each term is a per-pixel mean (the
-    paper's per-image squared norm divided by a constant ``3HW``).
+    The paper's weights are ``lambda_H = lambda_L = 1`` and ``w_lowfreq = 0``. Each term is a
+    per-pixel mean (the paper's per-image squared norm divided by a constant ``3HW``).
+
+    ``w_lowfreq > 0`` adds, to each direction, ``w_lowfreq`` times the MSE of the two images
+    box-averaged over 4, 8, 16 and 32 px (:func:`lowpass_mse`): a preconditioner, not a new
+    target (it vanishes wherever the L2 terms do). The frozen decoder passes flat and slowly
+    varying content 10-80x more weakly than fine detail (``docs/scripts/symnet_response.py``),
+    so under plain L2 brightness and large-area contrast might learn that much more slowly;
+    this term gives their errors more weight. Measured: no gain over plain L2 in a controlled
+    250-step run (``docs/models.md``, 2026-12-06), so the recipe keeps the paper's 0.
 
     Args:
         model: a :class:`~lowlight_cli.models.symnet.SymNet`.
@@ -46,11 +55,34 @@ def symnet_loss(
         high: ``(B, 3, H, W)`` its ground truth in ``[0, 1]``.
 
     Returns:
-        ``(total, {"forward": ..., "backward": ...})``, all scalars.
+        ``(total, {"forward": ..., "backward": ...[, "lowfreq": ...]})``, all scalars.
     """
-    forward = F.mse_loss(model(low), high)
-    backward = F.mse_loss(model.inverse(high), low)
-    return w_forward * forward + w_backward * backward, {"forward": forward, "backward": backward}
+    enhanced, degraded = model(low), model.inverse(high)
+    forward = F.mse_loss(enhanced, high)
+    backward = F.mse_loss(degraded, low)
+    total = w_forward * forward + w_backward * backward
+    parts = {"forward": forward, "backward": backward}
+    if w_lowfreq:
+        lowfreq = w_forward * lowpass_mse(enhanced, high) + w_backward * lowpass_mse(degraded, low)
+        total = total + w_lowfreq * lowfreq
+        parts["lowfreq"] = lowfreq
+    return total, parts
+
+
+LOWPASS_SCALES = (4, 8, 16, 32)
+
+
+def lowpass_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over ``LOWPASS_SCALES`` of the MSE between box-averaged (``s x s``) images; scales
+    larger than the image are skipped. A flat error ``e`` gives ``e**2`` at every scale, an error
+    that alternates faster than the box almost nothing."""
+    size = min(pred.shape[-2:])
+    terms = [
+        F.mse_loss(F.avg_pool2d(pred, s), F.avg_pool2d(target, s))
+        for s in LOWPASS_SCALES
+        if s <= size
+    ]
+    return torch.stack(terms).sum() if terms else pred.new_zeros(())
 
 
 # ---- nrl ---------------------------------------------------------------------------------------

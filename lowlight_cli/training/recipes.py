@@ -217,7 +217,8 @@ class SymNetRecipe(Recipe):
 
     Batch 2, flips/rotations, gradient clipping 10 and weight decay 1e-5 follow the authors'
     release (the paper is silent). ``backward_weight`` is the weight of the high->low L2 term
-    (paper: 1).
+    (paper: 1); ``lowfreq_weight`` that of the low-frequency preconditioning term of
+    :func:`~lowlight_cli.training.losses.symnet_loss` (paper: none, 0).
     """
 
     model: str = "symnet"
@@ -231,6 +232,7 @@ class SymNetRecipe(Recipe):
     patch: int = 180
     forward_weight: float = 1.0
     backward_weight: float = 1.0
+    lowfreq_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class SymNetTask(Task):
             batch.high,
             w_forward=r.forward_weight,  # type: ignore[attr-defined]
             w_backward=r.backward_weight,  # type: ignore[attr-defined]
+            w_lowfreq=r.lowfreq_weight,  # type: ignore[attr-defined]
         )
         return total, {f"l2_{k}": float(v.detach()) for k, v in parts.items()}
 
