@@ -287,10 +287,11 @@ def _train(
                     "--budget can only fit steps still to come",
                     hint=f"to train on from its weights, start a new run: {again}",
                 )
-            reporter.message(
-                f"{cfg.resume} has finished its schedule (step {done} of {planned}): nothing "
-                f"to train; to train on from its weights, start a new run with {again}"
-            )
+            if dist.main:
+                reporter.message(
+                    f"{cfg.resume} has finished its schedule (step {done} of {planned}): "
+                    f"nothing to train; to train on from its weights, start a new run with {again}"
+                )
     else:
         recipe = cfg.recipe or default_recipe(cfg.model)
         seed = cfg.seed
