@@ -41,13 +41,14 @@ def symnet_loss(
     The paper's weights are ``lambda_H = lambda_L = 1`` and ``w_lowfreq = 0``. Each term is a
     per-pixel mean (the paper's per-image squared norm divided by a constant ``3HW``).
 
-    ``w_lowfreq > 0`` adds, to each direction, ``w_lowfreq`` times the MSE of the two images
-    box-averaged over 4, 8, 16 and 32 px (:func:`lowpass_mse`): a preconditioner, not a new
-    target (it vanishes wherever the L2 terms do). The frozen decoder passes flat and slowly
-    varying content 10-80x more weakly than fine detail (``docs/scripts/symnet_response.py``),
-    so under plain L2 brightness and large-area contrast might learn that much more slowly;
-    this term gives their errors more weight. Measured: no gain over plain L2 in a controlled
-    250-step run (``docs/models.md``, 2026-12-06), so the recipe keeps the paper's 0.
+    ``w_lowfreq > 0`` adds, to each direction (scaled by that direction's weight), ``w_lowfreq``
+    times the MSE of the two images box-averaged over 4, 8, 16 and 32 px (:func:`lowpass_mse`):
+    a preconditioner, not a new target (it vanishes wherever the L2 terms do). The frozen
+    decoder passes flat and slowly varying content 10-80x more weakly than fine detail
+    (``docs/scripts/symnet_response.py``), so under plain L2 brightness and large-area contrast
+    might learn that much more slowly; this term gives their errors more weight. Measured: no
+    gain over plain L2 in a controlled 250-step run (``docs/models.md``, 2026-12-06), so the
+    recipe keeps the paper's 0.
 
     Args:
         model: a :class:`~lowlight_cli.models.symnet.SymNet`.
