@@ -15,7 +15,9 @@ from lowlight_cli.models.vgg import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
     VGG16Features,
+    boost_flat_luminance,
     conv_operator_norm,
+    encoder_operator_norm,
     load_vgg16_features,
     load_vgg16_state,
     vgg16_conv1_for_symnet,
@@ -148,6 +150,59 @@ def test_symnet_kernels_are_vgg_directions_with_unit_norm():
     ratio2 = w2 / state["conv1_2.weight"]
     assert torch.allclose(ratio1, ratio1.flatten()[0].expand_as(ratio1), rtol=1e-5)
     assert torch.allclose(ratio2, ratio2.flatten()[0].expand_as(ratio2), rtol=1e-5)
+
+
+def _encode(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.conv2d(x, w1, padding=1), w2, padding=1)
+
+
+def test_encoder_operator_norm_is_the_composite_maps_largest_singular_value():
+    gen = torch.Generator().manual_seed(5)
+    w1 = torch.randn(6, 3, 3, 3, generator=gen, dtype=torch.float64)
+    w2 = torch.randn(5, 6, 3, 3, generator=gen, dtype=torch.float64)
+    size = 8
+    basis = torch.eye(3 * size * size, dtype=torch.float64).view(-1, 3, size, size)
+    inner = F.conv2d(F.pad(basis, (1, 1, 1, 1), mode="circular"), w1)
+    columns = F.conv2d(F.pad(inner, (1, 1, 1, 1), mode="circular"), w2)
+    sigma = float(torch.linalg.matrix_norm(columns.flatten(1).T, ord=2))
+    assert encoder_operator_norm(w1, w2, size=size) == pytest.approx(sigma, rel=1e-9)
+    # Not the product of the two kernels' norms in general.
+    assert sigma < conv_operator_norm(w1, size=size) * conv_operator_norm(w2, size=size)
+
+
+def test_boost_flat_luminance_scales_only_the_flat_grey_response():
+    stack = _random_stack(4)
+    state = {f"{n}.weight": w for n, w, _ in stack} | {f"{n}.bias": b for n, _, b in stack}
+    w1, w2 = vgg16_conv1_for_symnet(state)
+    w1d, w2d = w1.double(), w2.double()
+    boosted = boost_flat_luminance(w1d, w2d, 5.0)
+    # The composite operator norm is kept.
+    assert encoder_operator_norm(w1d, boosted) == pytest.approx(encoder_operator_norm(w1d, w2d))
+    # Away from the borders a flat grey image gives one feature vector u; it is multiplied by 5
+    # (times the renormalisation), and a feature orthogonal to u is untouched (same factor only).
+    flat = torch.full((1, 3, 12, 12), 0.5, dtype=torch.float64)
+    u_old = _encode(w1d, w2d, flat)[0, :, 6, 6]
+    u_new = _encode(w1d, boosted, flat)[0, :, 6, 6]
+    mix = torch.eye(64, dtype=torch.float64) + 4.0 * torch.outer(u_old, u_old) / u_old.dot(u_old)
+    renorm = encoder_operator_norm(w1d, torch.einsum("oj,jiab->oiab", mix, w2d))
+    factor = encoder_operator_norm(w1d, w2d) / renorm
+    assert torch.allclose(u_new, 5.0 * factor * u_old, rtol=1e-9)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(1, 3, 12, 12, generator=gen, dtype=torch.float64)
+    f_old = _encode(w1d, w2d, x)
+    f_new = _encode(w1d, boosted, x)
+    unit = u_old / u_old.norm()
+    along_old = torch.einsum("c,bchw->bhw", unit, f_old)
+    along_new = torch.einsum("c,bchw->bhw", unit, f_new)
+    ortho_old = f_old - unit.view(1, -1, 1, 1) * along_old.unsqueeze(1)
+    ortho_new = f_new - unit.view(1, -1, 1, 1) * along_new.unsqueeze(1)
+    assert torch.allclose(ortho_new, factor * ortho_old, atol=1e-10)
+    assert torch.allclose(along_new, 5.0 * factor * along_old, atol=1e-10)
+    # gain 1 is VGG's kernel; a non-positive gain is refused.
+    assert torch.allclose(boost_flat_luminance(w1d, w2d, 1.0), w2d)
+    with pytest.raises(WeightsError):
+        boost_flat_luminance(w1d, w2d, 0.0)
+    assert torch.equal(vgg16_conv1_for_symnet(state, luma_gain=1.0)[1], w2)
 
 
 @pytest.mark.shared

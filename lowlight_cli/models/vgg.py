@@ -187,7 +187,41 @@ def conv_operator_norm(weight: torch.Tensor, size: int = 32) -> float:
     return float(torch.linalg.matrix_norm(mats, ord=2).max())
 
 
-def vgg16_conv1_for_symnet(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def encoder_operator_norm(w1: torch.Tensor, w2: torch.Tensor, size: int = 32) -> float:
+    """Largest singular value of ``conv(conv(x, w1), w2)`` (stride 1, 'same'), as for
+    :func:`conv_operator_norm`: the two kernels' spectra are multiplied per frequency."""
+    # contiguous(): a batched complex matmul on the permuted views is ~1000x slower.
+    s1 = torch.fft.rfft2(w1.detach().double(), s=(size, size)).permute(2, 3, 0, 1).contiguous()
+    s2 = torch.fft.rfft2(w2.detach().double(), s=(size, size)).permute(2, 3, 0, 1).contiguous()
+    composite = s2 @ s1  # (size, size // 2 + 1, out, in)
+    # The squared norm is the largest eigenvalue of the small (in, in) Gram matrices.
+    gram = composite.mH @ composite
+    return float(torch.linalg.eigvalsh(gram).max().clamp_min(0.0).sqrt())
+
+
+def boost_flat_luminance(w1: torch.Tensor, w2: torch.Tensor, gain: float) -> torch.Tensor:
+    """``w2`` with the encoder's response to flat grey multiplied by ``gain``.
+
+    ``E(x) = conv(conv(x, w1), w2)`` maps a flat grey image to the feature vector
+    ``u = W2(0) W1(0) 1`` at every pixel (``W(0)``: a kernel summed over its taps). The returned
+    kernel is ``A w2`` with ``A = I + (gain - 1) u u^T / |u|^2`` (a fixed channel mixing after
+    conv1_2, folded into its kernel), rescaled so that the encoder's operator norm is unchanged.
+    Directions orthogonal to ``u`` keep VGG's filters; ``D`` stays ``E``'s adjoint.
+    """
+    if gain <= 0:
+        raise WeightsError(f"the luminance gain must be > 0, not {gain}")
+    w1d, w2d = w1.detach().double(), w2.detach().double()
+    u = w2d.sum((2, 3)) @ (w1d.sum((2, 3)) @ torch.ones(w1d.shape[1], dtype=torch.float64))
+    u = u / u.norm()
+    mix = torch.eye(u.numel(), dtype=torch.float64) + (gain - 1.0) * torch.outer(u, u)
+    boosted = torch.einsum("oj,jiab->oiab", mix, w2d)
+    boosted = boosted * (encoder_operator_norm(w1d, w2d) / encoder_operator_norm(w1d, boosted))
+    return boosted.to(w2.dtype)
+
+
+def vgg16_conv1_for_symnet(
+    state: dict[str, torch.Tensor], *, luma_gain: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """conv1_1 / conv1_2 kernels for symnet's bias-free, activation-free encoder.
 
     The paper's encoder is two bare convolutions whose weights are VGG-16's first two layers.
@@ -201,10 +235,16 @@ def vgg16_conv1_for_symnet(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 
     Args:
         state: output of :func:`load_vgg16_state`.
+        luma_gain: 1 (default) keeps VGG's filters. Otherwise the encoder's response to flat
+            grey is multiplied by it (:func:`boost_flat_luminance`): VGG's pair passes flat
+            brightness ~90x weaker than its best-passed pattern (docs/models.md).
 
     Returns:
         ``(w1, w2)``: ``(64, 3, 3, 3)`` and ``(64, 64, 3, 3)`` float32 kernels.
     """
     w1 = state["conv1_1.weight"].detach().float()
     w2 = state["conv1_2.weight"].detach().float()
-    return w1 / conv_operator_norm(w1), w2 / conv_operator_norm(w2)
+    w1, w2 = w1 / conv_operator_norm(w1), w2 / conv_operator_norm(w2)
+    if luma_gain != 1.0:
+        w2 = boost_flat_luminance(w1, w2, luma_gain)
+    return w1, w2

@@ -218,7 +218,9 @@ class SymNetRecipe(Recipe):
     Batch 2, flips/rotations, gradient clipping 10 and weight decay 1e-5 follow the authors'
     release (the paper is silent). ``backward_weight`` is the weight of the high->low L2 term
     (paper: 1); ``lowfreq_weight`` that of the low-frequency preconditioning term of
-    :func:`~lowlight_cli.training.losses.symnet_loss` (paper: none, 0).
+    :func:`~lowlight_cli.training.losses.symnet_loss` (paper: none, 0). ``encoder_luma_gain``
+    scales the frozen encoder's response to flat grey
+    (:func:`~lowlight_cli.models.vgg.boost_flat_luminance`; 1 = VGG's kernels as they are).
     """
 
     model: str = "symnet"
@@ -233,6 +235,7 @@ class SymNetRecipe(Recipe):
     forward_weight: float = 1.0
     backward_weight: float = 1.0
     lowfreq_weight: float = 0.0
+    encoder_luma_gain: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ class SymNetTask(Task):
         from lowlight_cli.models.vgg import load_vgg16_state, vgg16_conv1_for_symnet
 
         path = _resolve_vgg_path(self.cfg)
-        w1, w2 = vgg16_conv1_for_symnet(load_vgg16_state(path))
+        luma_gain = self.recipe.encoder_luma_gain  # type: ignore[attr-defined]
+        w1, w2 = vgg16_conv1_for_symnet(load_vgg16_state(path), luma_gain=luma_gain)
         self.model.set_vgg_weights(w1.to(self.device), w2.to(self.device))
         return {"vgg": str(path)}
 
