@@ -170,6 +170,23 @@ def check_upscale(spec: ModelSpec, upscale: bool) -> None:
         )
 
 
+def check_supersample(spec: ModelSpec, *, upscale: bool, supersample: bool) -> None:
+    """Raise UsageError for ``supersample`` on a model without an x2 mode, or with ``upscale``."""
+    if not supersample:
+        return
+    if upscale:
+        raise UsageError(
+            "--supersample and --upscale exclude each other",
+            hint="--upscale keeps the x2 output; --supersample averages it back to the input size",
+        )
+    if "upscale" not in spec.kwargs:
+        capable = ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"
+        raise UsageError(
+            f"model '{spec.name}' has no x2 mode to supersample with",
+            hint=f"--supersample works with: {capable}",
+        )
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build model ``name`` with random (untrained) weights in eval mode."""
     model = get_spec(name).build(**overrides)

@@ -494,6 +494,42 @@ def test_upscale_always_runs_at_full_resolution() -> None:
     assert enh.working_shape(400, 600) is None
 
 
+def test_supersample_averages_the_x2_output_back_to_the_input_size() -> None:
+    spec = get_spec("neid")
+    torch.manual_seed(0)
+    model = _registry_model("neid", upscale=True)
+    with torch.no_grad():  # a non-trivial x2 output: random weights everywhere
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0.0, 0.3, size=(40, 56, 3)).astype(np.float32)
+    kw = {"spec": spec, "device": "cpu", "tile": 0, "working_size": 0}
+    x2 = Enhancer(model, upscale=True, **kw).enhance(image)
+    out = Enhancer(model, supersample=True, **kw).enhance(image)
+    assert x2.shape == (80, 112, 3) and out.shape == image.shape
+    # The x2 output is clipped after the mean, so compare away from the clip limits.
+    raw = Enhancer(model, upscale=True, **kw)._model_pass(image, None)
+    mean = raw.reshape(40, 2, 56, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(out, np.clip(mean, 0.0, 1.0), atol=1e-5)
+    assert np.abs(out - x2[::2, ::2]).max() > 1e-3  # the mean, not a subsample
+    # Unlike --upscale it keeps the working size: only the model's view is doubled.
+    small = Enhancer(model, supersample=True, **{**kw, "working_size": 0.001})
+    assert small.working_shape(400, 600) is not None
+    assert small.enhance(image).shape == image.shape
+    # Strength blends the (unclipped) mean with the input at the input's size.
+    half = Enhancer(model, supersample=True, strength=0.5, **kw).enhance(image)
+    np.testing.assert_allclose(half, np.clip(image + 0.5 * (mean - image), 0, 1), atol=1e-5)
+
+
+def test_supersample_needs_an_x2_mode_and_excludes_upscale() -> None:
+    with pytest.raises(UsageError, match="no x2 mode"):
+        Enhancer(_toy(), spec=TOY, device="cpu", supersample=True)
+    with pytest.raises(UsageError, match="no x2 mode"):
+        Enhancer.create("gamma", supersample=True)
+    with pytest.raises(UsageError, match="exclude each other"):
+        Enhancer.create("neid", upscale=True, supersample=True)
+
+
 def test_precision_auto_is_bf16_only_where_the_cpu_and_the_model_allow_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -112,6 +112,8 @@ def test_input_is_never_the_output(cli, tmp_path: Path) -> None:
     [
         (["--model", "nope"], 2),
         (["--model", "gamma", "--upscale"], 2),
+        (["--model", "gamma", "--supersample"], 2),
+        (["--model", "neid", "--upscale", "--supersample"], 2),
         (["--model", "gamma", "--tile", "big"], 2),
         (["--model", "gamma", "--backend", "tensorrt"], 2),
         (["--model", "gamma", "--device", "tpu"], 2),

@@ -30,6 +30,7 @@ from lowlight_cli.cli.enhance import (
     QUALITY_OPTION,
     STRENGTH_OPTION,
     SUFFIX_OPTION,
+    SUPERSAMPLE_OPTION,
     TILE_OPTION,
     UPSCALE_OPTION,
     WEIGHTS_OPTION,
@@ -110,6 +111,7 @@ def batch(
     tile_overlap: int = OVERLAP_OPTION,
     strength: float = STRENGTH_OPTION,
     upscale: bool = UPSCALE_OPTION,
+    supersample: bool = SUPERSAMPLE_OPTION,
     fmt: str | None = FORMAT_OPTION,
     quality: int = QUALITY_OPTION,
     bit_depth: int | None = BIT_DEPTH_OPTION,
@@ -130,7 +132,7 @@ def batch(
     if out_root is None and not suffix:
         raise UsageError("an empty --suffix would write over the inputs", hint="pass -o DIR")
     fmt = check_output_options(fmt, bit_depth)
-    check_model_options(model, tile, upscale)
+    check_model_options(model, tile, upscale, supersample)
     working_size = working_size_option(working_size, full_res)
 
     inputs = find_images(
@@ -164,6 +166,7 @@ def batch(
             tile_overlap=tile_overlap,
             strength=strength,
             upscale=upscale,
+            supersample=supersample,
             working_size=working_size,
         )
         # Which backend/device/execution provider really ran (onnx may fall back to CPU).
