@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import shared_path
 
-from lowlight_cli.errors import WeightsError
+from lowlight_cli.errors import UsageError, WeightsError
 from lowlight_cli.models.vgg import (
     CAFFE_MEAN_BGR,
     CONV_NAMES,
@@ -200,7 +200,7 @@ def test_boost_flat_luminance_scales_only_the_flat_grey_response():
     assert torch.allclose(along_new, 5.0 * factor * along_old, atol=1e-10)
     # gain 1 is VGG's kernel; a non-positive gain is refused.
     assert torch.allclose(boost_flat_luminance(w1d, w2d, 1.0), w2d)
-    with pytest.raises(WeightsError):
+    with pytest.raises(UsageError):
         boost_flat_luminance(w1d, w2d, 0.0)
     assert torch.equal(vgg16_conv1_for_symnet(state, luma_gain=1.0)[1], w2)
 

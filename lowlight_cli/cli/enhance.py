@@ -81,7 +81,7 @@ SUPERSAMPLE_OPTION = typer.Option(
     False,
     "--supersample",
     help="neid only: run its x2 mode on every input pixel and average back to the input size: "
-    "sharper, no fine grid, ~4x slower.",
+    "sharper, no fine grid, ~5x slower.",
 )
 FORMAT_OPTION = typer.Option(
     None,

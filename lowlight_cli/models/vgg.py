@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowlight_cli.errors import WeightsError
+from lowlight_cli.errors import UsageError, WeightsError
 
 # (block, convs per block) of VGG-16's feature stack.
 _BLOCKS: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
@@ -209,7 +209,7 @@ def boost_flat_luminance(w1: torch.Tensor, w2: torch.Tensor, gain: float) -> tor
     Directions orthogonal to ``u`` keep VGG's filters; ``D`` stays ``E``'s adjoint.
     """
     if gain <= 0:
-        raise WeightsError(f"the luminance gain must be > 0, not {gain}")
+        raise UsageError(f"the luminance gain must be > 0, not {gain}")
     w1d, w2d = w1.detach().double(), w2.detach().double()
     u = w2d.sum((2, 3)) @ (w1d.sum((2, 3)) @ torch.ones(w1d.shape[1], dtype=torch.float64))
     u = u / u.norm()
