@@ -164,9 +164,8 @@ def get_spec(name: str) -> ModelSpec:
 def check_upscale(spec: ModelSpec, upscale: bool) -> None:
     """Raise UsageError when ``upscale`` is asked of a model without an x2 mode."""
     if upscale and "upscale" not in spec.kwargs:
-        capable = ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"
         raise UsageError(
-            f"model '{spec.name}' has no x2 mode", hint=f"--upscale works with: {capable}"
+            f"model '{spec.name}' has no x2 mode", hint=f"--upscale works with: {_x2_models()}"
         )
 
 
@@ -180,11 +179,15 @@ def check_supersample(spec: ModelSpec, *, upscale: bool, supersample: bool) -> N
             hint="--upscale keeps the x2 output; --supersample averages it back to the input size",
         )
     if "upscale" not in spec.kwargs:
-        capable = ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"
         raise UsageError(
             f"model '{spec.name}' has no x2 mode to supersample with",
-            hint=f"--supersample works with: {capable}",
+            hint=f"--supersample works with: {_x2_models()}",
         )
+
+
+def _x2_models() -> str:
+    """The models with an x2 mode, for error hints."""
+    return ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
