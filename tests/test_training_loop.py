@@ -236,6 +236,31 @@ def test_learning_rate_follows_schedule(tmp_path: Path, pairs_dir: Path):
     assert len(seen) == 12
 
 
+def test_warmup_ramps_the_learning_rate_then_keeps_the_schedule(tmp_path: Path, pairs_dir: Path):
+    """--set warmup_steps=N: a linear ramp to the base rate, milestones where they were."""
+    from lowlight_cli.errors import UsageError
+
+    seen: dict[int, float] = {}
+
+    class Spy(Reporter):
+        def step(self, step, total, logs):
+            seen[step] = logs["lr"]
+
+    cfg = _cfg(tmp_path, pairs_dir, None, "warm", recipe=_recipe(warmup_steps=4))
+    train(cfg, model=_model(), reporter=Spy())
+    # Optimiser step k (0-based) is logged as step k + 1 and uses (k + 1) / 4 of 5e-3.
+    assert [seen[s] for s in (1, 2, 3, 4)] == pytest.approx([1.25e-3, 2.5e-3, 3.75e-3, 5e-3])
+    assert seen[6] == pytest.approx(5e-3) and seen[7] == pytest.approx(2.5e-3)
+    # The checkpoint carries it, so a resumed run keeps the same schedule.
+    ckpt = torch.load(tmp_path / "warm" / LAST, weights_only=False)
+    assert ckpt["schedule"]["warmup_steps"] == 4
+    # Longer than the run: cut to the run, so its last step reaches the base rate.
+    whole = _recipe(warmup_steps=50, milestones=()).resolve(10, steps=12)
+    assert whole.warmup_steps == 12 and whole.lr_at(11) == pytest.approx(5e-3)
+    with pytest.raises(UsageError, match="warmup_steps"):
+        _recipe(warmup_steps=-1).resolve(10, steps=12)
+
+
 def test_interrupt_writes_checkpoint(tmp_path: Path, pairs_dir: Path):
     import os
     import signal

@@ -89,6 +89,10 @@ class Recipe:
         val_every: validate every this many steps (0: only at the end).
         log_every: a log line every this many steps when stderr is not a terminal.
         ema_decay: exponential moving average of the weights (None: no EMA; no paper uses one).
+        warmup_steps: linear learning-rate warm-up over this many steps (ours, no paper's; 0
+            by default). Meant for ``--init`` from trained weights: a fresh Adam's first steps
+            move every weight by about the learning rate whatever its gradient's size, which
+            knocks a trained model back before it can improve.
         stage: training stage for two-stage recipes (frlie); 0 for single-stage models.
         model_kwargs: constructor overrides (e.g. a tiny model in tests).
     """
@@ -118,6 +122,7 @@ class Recipe:
     val_every: int = 1000
     log_every: int = 50
     ema_decay: float | None = None
+    warmup_steps: int = 0
     stage: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +192,8 @@ class Recipe:
             total = round(paper_total)
         if total < 1:
             raise UsageError("--steps/--epochs must be positive")
+        if self.warmup_steps < 0:
+            raise UsageError(f"warmup_steps must be >= 0, not {self.warmup_steps}")
         scale = total / paper_total
         milestones = tuple(
             sorted({max(1, round(m * scale)) for m in marks_steps if round(m * scale) < total})
@@ -197,6 +204,7 @@ class Recipe:
             milestones=milestones,
             gamma=self.gamma,
             base_lr=self.lr,
+            warmup_steps=min(int(self.warmup_steps), int(total)),
         )
 
     def _periodic_marks(self) -> list[float]:
