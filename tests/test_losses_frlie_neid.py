@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from lowlight_cli.training.losses import (
+    NEID_W_COLOR,
     circular_hue_distance,
     frlie_stage1_loss,
     frlie_stage2_loss,
@@ -108,3 +110,28 @@ def test_neid_colour_term_cannot_swamp_the_pixel_loss_on_a_black_prediction():
     torch.nn.functional.huber_loss(huber_only, target, delta=0.1).backward()
     assert torch.isfinite(le.grad).all()
     assert le.grad.norm() < 2 * huber_only.grad.norm()
+
+
+def test_neid_task_takes_the_colour_weight_from_its_recipe():
+    """--set color_weight=W reaches eq. 7 (W = 0 leaves Huber + 0.1 MSE)."""
+    from lowlight_cli.training.data import Batch
+    from lowlight_cli.training.recipes import default_recipe
+    from lowlight_cli.training.tasks import NEIDTask
+
+    le, dr, target = _images(20), _images(21), _images(22)
+
+    class Outputs(torch.nn.Module):  # stands in for NEID: fixed LE and DR images
+        def forward_train(self, low):
+            return le, dr
+
+    batch = Batch(low=target * 0.2, high=target)
+    assert default_recipe("neid").color_weight == NEID_W_COLOR  # the paper's lambda_2
+    for w in (0.0, 0.1, 1.0):
+        task = NEIDTask(Outputs(), default_recipe("neid").override(color_weight=w), None, "cpu")
+        total, parts = task.loss(batch)
+        expected, _ = neid_loss(le, dr, target, w_color=w)
+        assert float(total) == pytest.approx(float(expected), rel=1e-6)
+        if w == 0.0:
+            assert float(total) == pytest.approx(parts["huber"] + 0.1 * parts["mse"], rel=1e-6)
+        else:
+            assert float(total) > parts["huber"] + 0.1 * parts["mse"] + 1e-4

@@ -306,6 +306,7 @@ class NEIDRecipe(Recipe):
     ``init``: ``paper`` (conv weights N(0, 0.02)) or ``kaiming`` (He normal, fan-in, for the
     ReLUs): without normalisation layers the paper's init shrinks the signal to ~1e-5 by the
     output and training starts slowly (measured in docs/models.md).
+    ``color_weight``: eq. 7's ``lambda_2`` on the colour loss (the paper's 0.1).
     """
 
     model: str = "neid"
@@ -318,6 +319,7 @@ class NEIDRecipe(Recipe):
     hflip: bool = False
     input_downscale: int = 2
     init: str = "paper"
+    color_weight: float = 0.1
 
 
 RECIPES: dict[str, type[Recipe]] = {

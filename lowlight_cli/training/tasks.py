@@ -288,7 +288,8 @@ class NEIDTask(Task):
         from lowlight_cli.training.losses import neid_loss
 
         le, dr = self.model.forward_train(batch.low)
-        total, parts = neid_loss(le.float(), dr.float(), batch.high)
+        w_color = float(getattr(self.recipe, "color_weight", 0.1))
+        total, parts = neid_loss(le.float(), dr.float(), batch.high, w_color=w_color)
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
