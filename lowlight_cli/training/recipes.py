@@ -90,9 +90,10 @@ class Recipe:
         log_every: a log line every this many steps when stderr is not a terminal.
         ema_decay: exponential moving average of the weights (None: no EMA; no paper uses one).
         warmup_steps: linear learning-rate warm-up over this many steps (ours, no paper's; 0
-            by default). Meant for ``--init`` from trained weights: a fresh Adam's first steps
-            move every weight by about the learning rate whatever its gradient's size, which
-            knocks a trained model back before it can improve.
+            by default). Meant for ``--init`` from trained weights, where a fresh Adam's first
+            steps move every weight by about the learning rate whatever its gradient's size
+            (on neid it did not remove the restart dip; on symnet it kept the first steps
+            from collapsing: docs/models.md).
         stage: training stage for two-stage recipes (frlie); 0 for single-stage models.
         model_kwargs: constructor overrides (e.g. a tiny model in tests).
     """
