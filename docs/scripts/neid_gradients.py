@@ -27,9 +27,10 @@ DARK = 0.05
 def _load(path: Path):
     import numpy as np
     import torch
-    from PIL import Image
 
-    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    from lowlight_cli.image_io import read_image
+
+    rgb = np.ascontiguousarray(read_image(path).pixels, dtype=np.float32)
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
 
 
@@ -48,7 +49,6 @@ def main() -> None:
     ap.add_argument("--color-weight", type=float, default=NEID_W_COLOR, help="lambda_2")
     args = ap.parse_args()
 
-    torch.set_grad_enabled(True)
     model = load_model("neid", weights=args.weights).eval()
     lows = sorted(p for p in (args.data / "low").iterdir() if p.is_file())
     if not lows:

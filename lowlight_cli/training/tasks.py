@@ -285,10 +285,10 @@ class NEIDTask(Task):
         return {"weights_init": init if self.cfg.init is None else "from --init"}
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from lowlight_cli.training.losses import neid_loss
+        from lowlight_cli.training.losses import NEID_W_COLOR, neid_loss
 
         le, dr = self.model.forward_train(batch.low)
-        w_color = float(getattr(self.recipe, "color_weight", 0.1))
+        w_color = float(getattr(self.recipe, "color_weight", NEID_W_COLOR))
         total, parts = neid_loss(le.float(), dr.float(), batch.high, w_color=w_color)
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
