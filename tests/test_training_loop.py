@@ -868,6 +868,72 @@ def test_budget_refits_when_the_first_steps_were_slow(
     )
 
 
+class _StoppedOnce(TinyEnhancer):
+    """TinyEnhancer whose ``at``-th training forward idles ``seconds`` without using the CPU,
+    as a run does while it is stopped (Ctrl-Z, ``kill -STOP``)."""
+
+    def __init__(self, at: int, seconds: float) -> None:
+        super().__init__()
+        self.at, self.seconds, self.calls = at, seconds, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                time.sleep(self.seconds)
+        return super().forward(x)
+
+
+def test_a_stopped_run_neither_spends_its_budget_nor_logs_the_stop(
+    tmp_path: Path, pairs_dir: Path, val_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop after the first fit is left out of the rate, the budget and the logged hours:
+    the run is re-fitted no shorter and its train_seconds miss the idle stretch."""
+    from lowlight_cli.training import clock
+
+    monkeypatch.setattr(clock, "STALL_SECONDS", 0.5)
+    recipe = _recipe(iterations=100_000, milestones=(50_000, 75_000), val_every=10)
+    reporter = _Messages()
+    torch.manual_seed(0)
+    t0 = time.monotonic()
+    result = train(
+        _cfg(tmp_path, pairs_dir, val_dir, "stopped", recipe=recipe, budget=3.0),
+        model=_StoppedOnce(at=25, seconds=2.0),
+        reporter=reporter,
+    )
+    wall = time.monotonic() - t0
+    assert result.finished
+    stops = [line for line in reporter.lines if "was stopped for" in line]
+    assert len(stops) == 1, reporter.lines
+    ckpt = torch.load(tmp_path / "stopped" / LAST, weights_only=False)
+    # The budget's 3 s were spent training: the 2 s stop came on top of them.
+    assert ckpt["train_seconds"] <= wall - 1.8
+    assert ckpt["train_seconds"] >= 2.5
+    fits = [int(line.split(" -> ")[1].split()[0]) for line in reporter.lines if " -> " in line]
+    assert fits and result.total_steps >= 0.8 * fits[0], reporter.lines
+
+
+def test_run_clock_leaves_out_idle_gaps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowlight_cli.training import clock
+
+    wall, cpu = [1000.0], [5.0]
+    monkeypatch.setattr(clock.time, "monotonic", lambda: wall[0])
+    monkeypatch.setattr(clock.time, "process_time", lambda: cpu[0])
+    c = clock.RunClock()
+    # A busy minute (a slow validation on a shared machine): counted.
+    wall[0] += 60.0
+    cpu[0] += 20.0
+    assert c.tick() == 0.0 and c.now() == 1060.0
+    # Stopped for ten minutes while one 2 s step ran around it: the stop is left out.
+    wall[0] += 602.0
+    cpu[0] += 2.0
+    assert c.tick() == pytest.approx(600.0)
+    assert c.now() == pytest.approx(1062.0)
+    # Short idle gaps (waiting on data, a sleep under the threshold) are not stops.
+    wall[0] += 10.0
+    assert c.tick() == 0.0 and c.stopped == pytest.approx(600.0)
+
+
 def test_refit_never_moves_the_current_learning_rate() -> None:
     from lowlight_cli.training.loop import _budget_total, _refit_schedule
 
@@ -875,7 +941,7 @@ def test_refit_never_moves_the_current_learning_rate() -> None:
     schedule = recipe.resolve(10, steps=100)
     now = time.monotonic()
     # 1 s per step measured since step 0; 150 s left of a 200 s budget -> about 170 steps.
-    total = _budget_total(20, (now - 20.0, 0), 200.0, now - 50.0)
+    total = _budget_total(20, (now - 20.0, 0), 200.0, now - 50.0, now)
     assert abs(total - 170) <= 1
     longer = _refit_schedule(recipe, 10, schedule, 20, total)
     assert longer is not None and longer.total_steps == total
@@ -888,7 +954,7 @@ def test_refit_never_moves_the_current_learning_rate() -> None:
     # Within 5 % of the current length, or nothing measured: left alone.
     assert _refit_schedule(recipe, 10, schedule, 20, 104) is None
     assert _refit_schedule(recipe, 10, schedule, 20, 0) is None
-    assert _budget_total(20, (now, 20), 200.0, now - 50.0) == 0
+    assert _budget_total(20, (now, 20), 200.0, now - 50.0, now) == 0
 
 
 def test_budget_and_steps_are_exclusive(tmp_path: Path, pairs_dir: Path) -> None:

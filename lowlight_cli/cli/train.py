@@ -222,7 +222,8 @@ def train(
         None,
         "--budget",
         help="Fit the whole schedule, decays included, into this much time (3h, 90m): a short "
-        "probe measures s/step. With --resume: the time still to spend.",
+        "probe measures s/step. With --resume: the time still to spend. Time the run is "
+        "stopped (Ctrl-Z, SIGSTOP) is not counted.",
     ),
     ema: float | None = typer.Option(
         None, "--ema", help="Validate and export an exponential moving average (e.g. 0.999)."

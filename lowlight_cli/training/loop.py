@@ -36,6 +36,7 @@ from lowlight_cli.training.checkpoint import (
     save_fp16_safetensors,
     set_rng_state,
 )
+from lowlight_cli.training.clock import RunClock
 from lowlight_cli.training.config import Reporter, TrainConfig, TrainResult
 from lowlight_cli.training.data import Augment, PairedImages, build_run_data
 from lowlight_cli.training.distributed import (
@@ -260,6 +261,8 @@ def _train(
     size_multiple: int | None,
 ) -> TrainResult:
     t_start = time.monotonic()
+    # Budget and logged hours leave out the stretches the process was stopped (clock.py).
+    clock = RunClock()
     if cfg.time_limit is not None and cfg.time_limit <= 0:
         raise UsageError(f"the time limit must be positive, not {cfg.time_limit:g} s")
     reporter = reporter or Reporter()
@@ -368,7 +371,13 @@ def _train(
     seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
 
     def trained_seconds() -> float:
-        return seconds_before + (time.monotonic() - t_start)
+        return seconds_before + (clock.now() - t_start)
+
+    def note_stop(seconds: float) -> None:
+        if seconds and dist.main:
+            reporter.message(
+                f"the run was stopped for {seconds / 60:.1f} min: not counted as training time"
+            )
 
     aug = Augment.from_recipe(recipe)
     channels_last = bool(cfg.channels_last)
@@ -483,10 +492,11 @@ def _train(
                     ema.update(model, step)
                 step += 1
                 steps_since_log += 1
+                note_stop(clock.tick())
                 if fit_from is None and not fitted:
-                    fit_from = (time.monotonic(), step)
+                    fit_from = (clock.now(), step)
                 elif not fitted and fit_from is not None:
-                    elapsed = time.monotonic() - fit_from[0]
+                    elapsed = clock.now() - fit_from[0]
                     ready = step - fit_from[1] >= 3 and elapsed >= min(
                         60.0, 0.02 * (cfg.budget or 0)
                     )
@@ -520,7 +530,9 @@ def _train(
                         scores = _validate_now(
                             task, ema, model, data.val, size_multiple, device, amp
                         )
-                        val_seconds = time.monotonic() - t_val
+                        stopped = clock.tick()
+                        note_stop(stopped)
+                        val_seconds = time.monotonic() - t_val - stopped
                         validated = {"step": step, **scores}
                         is_best = best is None or scores["psnr"] > best["psnr"]
                         if is_best:
@@ -539,7 +551,7 @@ def _train(
                         per_step = sec_per_step + (
                             val_seconds / recipe.val_every if recipe.val_every else 0.0
                         )
-                        remaining = (cfg.budget or 0) - (time.monotonic() - t_start)
+                        remaining = (cfg.budget or 0) - (clock.now() - t_start)
                         fit_total = _steps_within(step, per_step, remaining)
                         schedule = recipe.resolve(
                             size, steps=_all_agree_max(fit_total, dist.world, device)
@@ -568,7 +580,9 @@ def _train(
                         # the learning rate where it is now.
                         # Every process calls the all-reduce, then decides alike.
                         proposed = _all_agree_max(
-                            _budget_total(step, fit_from, cfg.budget, t_start), dist.world, device
+                            _budget_total(step, fit_from, cfg.budget, t_start, clock.now()),
+                            dist.world,
+                            device,
                         )
                         refit = _refit_schedule(recipe, size, schedule, step, proposed)
                         if refit is not None:
@@ -578,7 +592,7 @@ def _train(
                             if dist.main:
                                 reporter.message(
                                     f"budget: re-fitted at step {step} on "
-                                    f"{(time.monotonic() - fit_from[0]) / (step - fit_from[1]):.3f}"
+                                    f"{(clock.now() - fit_from[0]) / (step - fit_from[1]):.3f}"
                                     f" s/step so far: {old_total} -> {total} steps, lr milestones "
                                     f"{list(schedule.milestones)}"
                                 )
@@ -618,9 +632,13 @@ def _train(
     )
 
 
-def _budget_total(step: int, fit_from: tuple[float, int], budget: float, t_start: float) -> int:
-    """The run length ``--budget`` allows at the rate measured since ``fit_from`` (0: unknown)."""
-    now = time.monotonic()
+def _budget_total(
+    step: int, fit_from: tuple[float, int], budget: float, t_start: float, now: float
+) -> int:
+    """The run length ``--budget`` allows at the rate measured since ``fit_from`` (0: unknown).
+
+    ``now``, ``t_start`` and ``fit_from``'s time are on one clock (:class:`RunClock`'s).
+    """
     if step - fit_from[1] < 1:
         return 0
     rate = (now - fit_from[0]) / (step - fit_from[1])
