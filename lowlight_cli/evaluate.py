@@ -214,11 +214,13 @@ def model_enhance_fn(
     *,
     weights: str | Path | None = None,
     device: str = "auto",
+    ensemble: bool = False,
 ) -> EnhanceFn:
-    """The enhancement a user gets from ``lowlight enhance -m model`` (the engine's Enhancer)."""
+    """The enhancement a user gets from ``lowlight enhance -m model`` (the engine's Enhancer),
+    with ``--ensemble`` when ``ensemble``."""
     from lowlight_cli.engine import Enhancer
 
-    return Enhancer.create(model, weights=weights, device=device).enhance
+    return Enhancer.create(model, weights=weights, device=device, ensemble=ensemble).enhance
 
 
 def evaluate_models(

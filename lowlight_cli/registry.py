@@ -185,6 +185,15 @@ def check_supersample(spec: ModelSpec, *, upscale: bool, supersample: bool) -> N
         )
 
 
+def check_ensemble(spec: ModelSpec, ensemble: bool) -> None:
+    """Raise UsageError for ``ensemble`` on a classical model (a curve has nothing to average)."""
+    if ensemble and spec.kind != "neural":
+        raise UsageError(
+            f"--ensemble averages a trained model; '{spec.name}' is a classical curve",
+            hint="use it with symnet, nrl, frlie or neid",
+        )
+
+
 def _x2_models() -> str:
     """The models with an x2 mode, for error hints."""
     return ", ".join(n for n, s in MODELS.items() if "upscale" in s.kwargs) or "none"

@@ -317,3 +317,30 @@ def test_quality_uses_lol_from_the_data_folder(
     assert code == 0, err
     rows = json.loads(out.read_text())["quality"]
     assert [r["model"] for r in rows] == ["gamma"] and rows[0]["n_images"] == 2
+
+
+def test_quality_ensemble_scores_trained_models_as_enhance_runs_them(
+    tmp_path: Path, run_cli
+) -> None:
+    """--ensemble scores neid as `enhance --ensemble` gives it (marked in the row); gamma, a
+    curve, is scored as it is."""
+    from lowlight_cli.engine import Enhancer
+    from lowlight_cli.evaluate import evaluate_pairs
+    from lowlight_cli.training.data import load_pairs, paired_split
+
+    data = _paired_folder(tmp_path / "lol")
+    rows = {}
+    for flag in ([], ["--ensemble"]):
+        out = tmp_path / f"q{len(flag)}.json"
+        code, _, err = run_cli(
+            ["benchmark", "--quality-only", "--data", str(data), "--models", "neid,gamma",
+             "--json", str(out), *flag]
+        )  # fmt: skip
+        assert code == 0, err
+        rows[bool(flag)] = {r["model"]: r for r in json.loads(out.read_text())["quality"]}
+    assert rows[True]["neid"]["note"] == "--ensemble" and "note" not in rows[False]["neid"]
+    assert rows[True]["gamma"] == rows[False]["gamma"]
+    pairs = load_pairs(paired_split(data, "val"))
+    expected = evaluate_pairs(Enhancer.create("neid", ensemble=True).enhance, pairs, name="neid")
+    assert rows[True]["neid"]["psnr"] == pytest.approx(expected.psnr, abs=1e-3)
+    assert rows[True]["neid"]["psnr"] != pytest.approx(rows[False]["neid"]["psnr"], abs=1e-3)

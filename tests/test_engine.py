@@ -530,6 +530,47 @@ def test_supersample_needs_an_x2_mode_and_excludes_upscale() -> None:
         Enhancer.create("neid", upscale=True, supersample=True)
 
 
+class _RampNet(nn.Module):
+    """Halves the image and adds a ramp across its width: not the same in every orientation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0.0, 0.2, x.shape[-1], dtype=x.dtype).view(1, 1, 1, -1)
+        return 0.5 * x + ramp
+
+
+def test_ensemble_averages_the_eight_orientations_turned_back() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.uniform(0.0, 0.6, size=(20, 28, 3)).astype(np.float32)
+    kw = {"spec": TOY, "device": "cpu", "tile": 0, "working_size": 0}
+    plain = Enhancer(_RampNet(), **kw).enhance(image)
+    seen: list[tuple[int, int]] = []
+    out = Enhancer(_RampNet(), ensemble=True, **kw).enhance(
+        image, progress=lambda d, t: seen.append((d, t))
+    )
+    assert out.shape == image.shape
+    # Alone, the ramp runs left to right; over the 8 orientations, each pixel sees it from
+    # all four sides (j, W-1-j, i, H-1-i), whose mean is the ramp's middle, 0.1.
+    assert np.abs(plain - (0.5 * image + 0.1)).max() > 0.09
+    np.testing.assert_allclose(out, 0.5 * image + 0.1, atol=1e-5)
+    assert seen[-1] == (8, 8) and len(seen) == 8
+    # A model that treats every orientation alike (per pixel) gives the same picture.
+    torch.manual_seed(0)
+    pointwise = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sigmoid())
+    np.testing.assert_allclose(
+        Enhancer(pointwise, ensemble=True, **kw).enhance(image),
+        Enhancer(pointwise, **kw).enhance(image),
+        atol=1e-5,
+    )
+    # Strength blends the averaged output with the input.
+    half = Enhancer(_RampNet(), ensemble=True, strength=0.5, **kw).enhance(image)
+    np.testing.assert_allclose(half, image + 0.5 * (0.5 * image + 0.1 - image), atol=1e-5)
+
+
+def test_ensemble_is_for_trained_models() -> None:
+    with pytest.raises(UsageError, match="classical"):
+        Enhancer.create("gamma", ensemble=True)
+
+
 def test_precision_auto_is_bf16_only_where_the_cpu_and_the_model_allow_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

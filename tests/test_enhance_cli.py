@@ -114,6 +114,7 @@ def test_input_is_never_the_output(cli, tmp_path: Path) -> None:
         (["--model", "gamma", "--upscale"], 2),
         (["--model", "gamma", "--supersample"], 2),
         (["--model", "neid", "--upscale", "--supersample"], 2),
+        (["--model", "clahe", "--ensemble"], 2),
         (["--model", "gamma", "--tile", "big"], 2),
         (["--model", "gamma", "--backend", "tensorrt"], 2),
         (["--model", "gamma", "--device", "tpu"], 2),
@@ -424,3 +425,23 @@ def test_raw_without_rawpy_one_line_exit_3(
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no hint below
     assert "lowlight[raw]" in result.stderr and "not a recognised" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001.CR2"]
+
+
+def test_ensemble_reaches_the_engine_from_enhance_and_batch(cli, tmp_path: Path) -> None:
+    """`enhance --ensemble` and `batch --ensemble` write the 8-orientation mean the engine gives."""
+    from lowlight_cli.engine import Enhancer
+
+    (tmp_path / "in").mkdir()
+    src = _dark(tmp_path / "in" / "d.png")
+    pixels = np.asarray(Image.open(src).convert("RGB"), dtype=np.float32) / 255.0
+    expected = Enhancer.create("neid", ensemble=True).enhance(pixels) * 255.0
+    plain = Enhancer.create("neid").enhance(pixels) * 255.0
+    assert np.abs(expected - plain).max() > 2.0
+    result = cli(["enhance", str(src), "-m", "neid", "--ensemble", "-o", str(tmp_path / "e.png")])
+    assert result.exit_code == 0, result.output
+    result = cli(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "b"), "-m", "neid",
+                  "--ensemble"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for out in (tmp_path / "e.png", tmp_path / "b" / "d_enhanced.png"):
+        got = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+        assert np.abs(got - expected).max() <= 1.0

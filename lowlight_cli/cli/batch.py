@@ -21,6 +21,7 @@ from lowlight_cli.cli.enhance import (
     BACKEND_OPTION,
     BIT_DEPTH_OPTION,
     DEVICE_OPTION,
+    ENSEMBLE_OPTION,
     FORMAT_OPTION,
     FULL_RES_OPTION,
     JSON_OPTION,
@@ -112,6 +113,7 @@ def batch(
     strength: float = STRENGTH_OPTION,
     upscale: bool = UPSCALE_OPTION,
     supersample: bool = SUPERSAMPLE_OPTION,
+    ensemble: bool = ENSEMBLE_OPTION,
     fmt: str | None = FORMAT_OPTION,
     quality: int = QUALITY_OPTION,
     bit_depth: int | None = BIT_DEPTH_OPTION,
@@ -132,7 +134,7 @@ def batch(
     if out_root is None and not suffix:
         raise UsageError("an empty --suffix would write over the inputs", hint="pass -o DIR")
     fmt = check_output_options(fmt, bit_depth)
-    check_model_options(model, tile, upscale, supersample)
+    check_model_options(model, tile, upscale, supersample, ensemble)
     working_size = working_size_option(working_size, full_res)
 
     inputs = find_images(
@@ -167,6 +169,7 @@ def batch(
             strength=strength,
             upscale=upscale,
             supersample=supersample,
+            ensemble=ensemble,
             working_size=working_size,
         )
         # Which backend/device/execution provider really ran (onnx may fall back to CPU).

@@ -55,6 +55,8 @@ class BenchmarkOptions:
     warmup: int | None = None
     budget_s: float = 60.0
     gallery: Path | None = None
+    # --ensemble: the trained models are scored averaged over the 8 orientations.
+    ensemble: bool = False
     notes: list[str] = field(default_factory=list)
     # Filled by the quality section for the gallery: model -> thumbnails, in pair order.
     thumbnails: dict[str, list[Any]] = field(default_factory=dict)
@@ -99,6 +101,7 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
     """
     from lowlight_cli.cli._common import print_warning
     from lowlight_cli.evaluate import evaluate_pairs, model_enhance_fn
+    from lowlight_cli.registry import get_spec
     from lowlight_cli.training.data import load_pairs, paired_split
 
     if opts.data is None:
@@ -107,7 +110,10 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
     rows, failures = [], []
     for model in opts.models:
         try:
-            fn = model_enhance_fn(model, weights=opts.weights.get(model), device=opts.device)
+            ensemble = opts.ensemble and get_spec(model).kind == "neural"
+            fn = model_enhance_fn(
+                model, weights=opts.weights.get(model), device=opts.device, ensemble=ensemble
+            )
             if opts.gallery is not None:
                 fn = _keep_thumbnails(fn, opts.thumbnails.setdefault(model, []))
             result = evaluate_pairs(fn, pairs, name=model)
@@ -128,7 +134,10 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
             failures.append(f"{model}: {err}")
             print_warning(f"{model}: {err}")
             continue
-        rows.append(result.to_dict(per_image=opts.per_image))
+        row = result.to_dict(per_image=opts.per_image)
+        if ensemble:
+            row["note"] = "--ensemble"
+        rows.append(row)
     return rows, failures
 
 
@@ -339,6 +348,12 @@ def benchmark(
         help="Speed: seconds one config may take; slower ones stop early or are skipped.",
     ),
     per_image: bool = typer.Option(False, "--per-image", help="Include per-image scores."),
+    ensemble: bool = typer.Option(
+        False,
+        "--ensemble",
+        help="Quality: score the trained models as `enhance --ensemble` runs them (the "
+        "classical ones as they are).",
+    ),
     json_file: str | None = typer.Option(
         None,
         "--json",
@@ -378,6 +393,7 @@ def benchmark(
         warmup=warmup,
         budget_s=budget,
         gallery=gallery,
+        ensemble=ensemble,
     )
     opts.devices = [bm.resolve_device_name(d) for d in bm.parse_list(device, what="device")]
     opts.device = opts.devices[0]  # quality runs once, on the first device
