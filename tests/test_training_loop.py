@@ -887,8 +887,8 @@ class _StoppedOnce(TinyEnhancer):
 def test_a_stopped_run_neither_spends_its_budget_nor_logs_the_stop(
     tmp_path: Path, pairs_dir: Path, val_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop after the first fit is left out of the rate, the budget and the logged hours:
-    the run is re-fitted no shorter and its train_seconds miss the idle stretch."""
+    """A stop after the first fit is left out of the budget and the logged hours: the run
+    trains for its budget besides the stop, and its train_seconds miss the idle stretch."""
     from lowlight_cli.training import clock
 
     monkeypatch.setattr(clock, "STALL_SECONDS", 0.5)
@@ -910,8 +910,6 @@ def test_a_stopped_run_neither_spends_its_budget_nor_logs_the_stop(
     # instead of eating two thirds of it (the fit is an estimate: at least half is trained).
     assert ckpt["train_seconds"] <= wall - 1.8
     assert wall - 2.0 >= 1.5
-    fits = [int(line.split(" -> ")[1].split()[0]) for line in reporter.lines if " -> " in line]
-    assert fits and result.total_steps >= 0.8 * fits[0], reporter.lines
 
 
 def test_run_clock_leaves_out_idle_gaps_only(monkeypatch: pytest.MonkeyPatch) -> None:
