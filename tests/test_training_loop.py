@@ -824,18 +824,19 @@ def test_budget_fits_the_whole_schedule_into_the_time(
     assert lrs[-1] == pytest.approx(recipe.lr * recipe.gamma**2)
 
 
-class _SlowStart(TinyEnhancer):
-    """TinyEnhancer whose first training forwards are slow: a machine busy while --budget
-    times its first steps, idle afterwards."""
+class _Sleeps(TinyEnhancer):
+    """TinyEnhancer that sleeps ``delay`` s in the training forwards numbered in ``calls``
+    (from 1): a machine busy while --budget times its first steps, or a run that is stopped
+    for a while (a sleep uses no CPU, like a stopped process)."""
 
-    def __init__(self, slow_steps: int, delay: float) -> None:
+    def __init__(self, calls: range | tuple[int, ...], delay: float) -> None:
         super().__init__()
-        self.slow_steps, self.delay, self.calls = slow_steps, delay, 0
+        self.sleep_at, self.delay, self.calls = calls, delay, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.calls += 1
-            if self.calls <= self.slow_steps:
+            if self.calls in self.sleep_at:
                 time.sleep(self.delay)
         return super().forward(x)
 
@@ -850,7 +851,7 @@ def test_budget_refits_when_the_first_steps_were_slow(
     torch.manual_seed(0)
     result = train(
         _cfg(tmp_path, pairs_dir, val_dir, "refit", recipe=recipe, budget=12.0),
-        model=_SlowStart(slow_steps=4, delay=0.5),
+        model=_Sleeps(range(1, 5), delay=0.5),
         reporter=reporter,
     )
     first = [line for line in reporter.lines if line.startswith("budget: ") and "s/step" in line]
@@ -868,22 +869,6 @@ def test_budget_refits_when_the_first_steps_were_slow(
     )
 
 
-class _StoppedOnce(TinyEnhancer):
-    """TinyEnhancer whose ``at``-th training forward idles ``seconds`` without using the CPU,
-    as a run does while it is stopped (Ctrl-Z, ``kill -STOP``)."""
-
-    def __init__(self, at: int, seconds: float) -> None:
-        super().__init__()
-        self.at, self.seconds, self.calls = at, seconds, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                time.sleep(self.seconds)
-        return super().forward(x)
-
-
 def test_a_stopped_run_neither_spends_its_budget_nor_logs_the_stop(
     tmp_path: Path, pairs_dir: Path, val_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -898,7 +883,7 @@ def test_a_stopped_run_neither_spends_its_budget_nor_logs_the_stop(
     t0 = time.monotonic()
     result = train(
         _cfg(tmp_path, pairs_dir, val_dir, "stopped", recipe=recipe, budget=3.0),
-        model=_StoppedOnce(at=25, seconds=2.0),
+        model=_Sleeps((25,), delay=2.0),
         reporter=reporter,
     )
     wall = time.monotonic() - t0
