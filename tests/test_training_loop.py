@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -259,6 +260,22 @@ def test_warmup_ramps_the_learning_rate_then_keeps_the_schedule(tmp_path: Path, 
     assert whole.warmup_steps == 12 and whole.lr_at(11) == pytest.approx(5e-3)
     with pytest.raises(UsageError, match="warmup_steps"):
         _recipe(warmup_steps=-1).resolve(10, steps=12)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the heap tuning is for glibc's malloc",
+)
+def test_cpu_training_keeps_freed_memory_for_the_next_step(
+    tmp_path: Path, pairs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step re-allocates the last step's activations: the run tunes the heap to keep them."""
+    from lowlight_cli import devices
+
+    monkeypatch.delenv("LOWLIGHT_HEAP_TUNING", raising=False)
+    monkeypatch.setattr(devices, "_heap_tuned", None)  # as in a fresh process
+    train(_cfg(tmp_path, pairs_dir, None, "heap", recipe=_recipe(iterations=2)), model=_model())
+    assert devices._heap_tuned is True
 
 
 def test_interrupt_writes_checkpoint(tmp_path: Path, pairs_dir: Path):

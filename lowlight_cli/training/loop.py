@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowlight_cli.devices import keep_freed_memory
 from lowlight_cli.errors import UsageError
 from lowlight_cli.training.checkpoint import (
     CHECKPOINT_VERSION,
@@ -270,6 +271,10 @@ def _train(
     amp = _Amp(resolve_amp(cfg.precision, device), device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        # Every step frees and re-allocates the same activation blocks; kept in the heap they
+        # are not faulted in afresh each step (neid, 8 x 256 px, fp32: ~1.25x faster).
+        keep_freed_memory()
 
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is not None:
