@@ -26,8 +26,8 @@ ENV_DATA_DIR = "LOWLIGHT_DATA_DIR"  # holds lol/ (train and benchmark without --
 ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings alone
 
 # The default is the model whose shipped weights score best on LOL eval15 and look natural on
-# real photos: nrl 20.77 dB / 0.782 SSIM (neid 19.24 / 0.754, softer; frlie
-# 17.66 / 0.731, hazy). Revisit when the others catch up
+# real photos: nrl 20.77 dB / 0.782 SSIM (neid 19.22 / 0.751, softer; frlie
+# 17.80 / 0.731, hazy). Revisit when the others catch up
 # (docs/models.md).
 DEFAULT_MODEL = "nrl"
 DEFAULT_DEVICE = "auto"
