@@ -240,6 +240,44 @@ def test_patch_larger_than_image_is_a_usage_error() -> None:
         _paired_set(h=20, w=20).sample(0, 0, 1, Augment(patch=64))
 
 
+def test_rectangular_crops_keep_their_shape_and_alignment() -> None:
+    # low = high // 4 exactly, as above; a quarter turn would give a (B, 3, 24, 16) batch.
+    ds = _paired_set(n=3, h=30, w=36)
+    turns = set()
+    for step in range(12):
+        b = ds.sample(0, step, 3, Augment(patch=16, patch_width=24))
+        assert b.high.shape == (3, 3, 16, 24) and b.low.shape == (3, 3, 16, 24)
+        expected = torch.floor(b.high * 255 / 4 + 1e-4) / 255
+        assert torch.allclose(b.low, expected, atol=1e-6)
+        # the gradient image grows left to right in red: a half turn reverses it
+        turns.update(bool(h[0, :, 0].mean() > h[0, :, -1].mean()) for h in b.high)
+    assert turns == {False, True}  # flips and half turns are still drawn
+
+
+def test_rectangular_crops_turn_portrait_photos_that_only_fit_turned() -> None:
+    # A 40 x 24 portrait photo cannot give a 24 x 32 (h x w) crop as it stands; turned it can.
+    photo = _gradient_image(40, 24, 0)
+    ds = PairedTrainingSet(PairedImages(["p"], [photo], [photo]))
+    plain = Augment(patch=24, patch_width=32, hflip=False, vflip=False, rot90=False)
+    b = ds.sample(0, 0, 1, plain)
+    assert b.high.shape == (1, 3, 24, 32)
+    turned = np.rot90(photo)
+    crops = [turned[:, x : x + 32] for x in range(turned.shape[1] - 32 + 1)]
+    got = (b.high[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert any(np.array_equal(got, c) for c in crops)
+    with pytest.raises(UsageError, match="48x24"):  # fits neither way round
+        ds.sample(0, 0, 1, Augment(patch=24, patch_width=48))
+
+
+def test_a_square_crop_is_the_same_whichever_way_it_is_given() -> None:
+    # patch_width 0 and patch_width == patch: the same crops and draws, sample for sample.
+    ds = _paired_set()
+    for step in range(4):
+        a = ds.sample(5, step, 4, Augment(patch=16))
+        b = ds.sample(5, step, 4, Augment(patch=16, patch_width=16))
+        assert torch.equal(a.high, b.high) and torch.equal(a.low, b.low)
+
+
 def test_srgb_round_trip() -> None:
     x = np.linspace(0, 1, 101, dtype=np.float32)
     assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-5)
@@ -295,6 +333,7 @@ def test_training_set_counts_images_or_patches() -> None:
     ds = _paired_set(n=3, h=30, w=50)
     assert ds.count("images", 16) == 3
     assert ds.count("patches", 16) == 3 * 1 * 3
+    assert ds.count("patches", 16, 25) == 3 * 1 * 2
     with pytest.raises(UsageError):
         ds.count("bogus", 16)
 

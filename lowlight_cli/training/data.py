@@ -304,6 +304,7 @@ class Augment:
     """Crop and augmentation settings of one training run."""
 
     patch: int = 128
+    patch_width: int = 0
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
@@ -317,6 +318,7 @@ class Augment:
         """The crop and augmentations ``recipe`` asks for."""
         return cls(
             patch=recipe.patch,
+            patch_width=int(getattr(recipe, "patch_width", 0)),
             hflip=recipe.hflip,
             vflip=recipe.vflip,
             rot90=recipe.rot90,
@@ -326,6 +328,11 @@ class Augment:
             exposure_to_target=bool(recipe.exposure_to_target),
         )
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The crop's ``(height, width)`` (``patch_width`` 0: square)."""
+        return self.patch, self.patch_width or self.patch
+
 
 @dataclass
 class Batch:
@@ -333,7 +340,7 @@ class Batch:
 
     Attributes:
         low: ``(B, 3, h, w)`` float32 in ``[0, 1]`` (``h = patch / input_downscale``).
-        high: ``(B, 3, patch, patch)`` float32 in ``[0, 1]``.
+        high: ``(B, 3, patch, patch_width or patch)`` float32 in ``[0, 1]``.
     """
 
     low: torch.Tensor
@@ -368,6 +375,8 @@ def _augment(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -
         arrays = [a[::-1] for a in arrays]
     if aug.rot90:
         k = int(rng.integers(0, 4))
+        if aug.patch_width and aug.patch_width != aug.patch:
+            k &= 2  # a quarter turn would make a rectangular crop the wrong way round
         if k:
             arrays = [np.rot90(a, k) for a in arrays]
     return arrays
@@ -395,14 +404,25 @@ def _expose(
     return out
 
 
-def _crop_origin(shape: tuple[int, ...], patch: int, rng: np.random.Generator) -> tuple[int, int]:
-    h, w = shape[:2]
-    if h < patch or w < patch:
+def _crop(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -> list[np.ndarray]:
+    """One random crop of ``aug.size`` at the same place of every array, flipped and turned.
+
+    For a rectangular crop, images that only fit it turned (a portrait photo for a landscape
+    crop) are turned a quarter first; that draws nothing, so square crops keep their batches.
+    """
+    ph, pw = aug.size
+    h, w = arrays[0].shape[:2]
+    if ph != pw and (h < ph or w < pw) and h >= pw and w >= ph:
+        arrays = [np.rot90(a) for a in arrays]
+        h, w = w, h
+    if h < ph or w < pw:
+        size = f"{ph}" if ph == pw else f"{pw}x{ph} (width x height)"
         raise UsageError(
-            f"a training image ({w}x{h}) is smaller than the patch ({patch})",
-            hint="use a smaller --patch",
+            f"a training image ({w}x{h}) is smaller than the patch ({size})",
+            hint="use a smaller --patch" + ("" if ph == pw else " or --set patch_width"),
         )
-    return int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+    y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    return _augment([a[y : y + ph, x : x + pw] for a in arrays], rng, aug)
 
 
 def downscale_bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -445,12 +465,14 @@ class TrainingSet:
     def shapes(self) -> list[tuple[int, ...]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def count(self, unit: str, patch: int) -> int:
-        """Size of the set in ``images`` or in non-overlapping ``patches`` of side ``patch``."""
+    def count(self, unit: str, patch: int, width: int = 0) -> int:
+        """Size of the set in ``images`` or in non-overlapping ``patches`` of side ``patch``
+        (``patch`` high and ``width`` wide when ``width`` is given)."""
         if unit == "images":
             return len(self)
         if unit == "patches":
-            return max(1, sum((s[0] // patch) * (s[1] // patch) for s in self.shapes()))
+            width = width or patch
+            return max(1, sum((s[0] // patch) * (s[1] // width) for s in self.shapes()))
         raise UsageError(f"unknown epoch unit '{unit}'", hint="images or patches")
 
     def sample(
@@ -501,10 +523,7 @@ class PairedTrainingSet(TrainingSet):
     def _sample_one(
         self, i: int, rng: np.random.Generator, aug: Augment
     ) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.images.low[i], self.images.high[i]
-        y, x = _crop_origin(hi.shape, aug.patch, rng)
-        crop = (slice(y, y + aug.patch), slice(x, x + aug.patch))
-        lo_c, hi_c = _augment([lo[crop], hi[crop]], rng, aug)
+        lo_c, hi_c = _crop([self.images.low[i], self.images.high[i]], rng, aug)
         return lo_c, hi_c
 
 
@@ -528,9 +547,7 @@ class SyntheticTrainingSet(TrainingSet):
     def _sample_one(
         self, i: int, rng: np.random.Generator, aug: Augment
     ) -> tuple[np.ndarray, np.ndarray]:
-        img = self.images[i]
-        y, x = _crop_origin(img.shape, aug.patch, rng)
-        (hi,) = _augment([img[y : y + aug.patch, x : x + aug.patch]], rng, aug)
+        (hi,) = _crop([self.images[i]], rng, aug)
         hi_f = np.ascontiguousarray(hi, dtype=np.float32) / 255.0
         return synthesize_low_light(hi_f, rng, self.params), hi_f
 
@@ -571,8 +588,7 @@ class IdentityMix(TrainingSet):
         if pick.uniform() >= self.prob:
             return self.base._draw(i, key, aug)
         photo = self.photos[int(pick.integers(len(self.photos)))]
-        y, x = _crop_origin(photo.shape, aug.patch, pick)
-        (crop,) = _augment([photo[y : y + aug.patch, x : x + aug.patch]], pick, aug)
+        (crop,) = _crop([photo], pick, aug)
         crop = np.ascontiguousarray(crop)
         return crop, crop.copy()
 

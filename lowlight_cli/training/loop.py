@@ -325,7 +325,7 @@ def _train(
         identity_data=cfg.identity_data,
         identity_prob=recipe.identity_prob,
     )
-    size = data.train.count(recipe.epoch_unit, recipe.patch)
+    size = data.train.count(recipe.epoch_unit, recipe.patch, recipe.patch_width)
     if ckpt is not None and cfg.steps is None and cfg.epochs is None:
         schedule = Schedule(
             **{**ckpt["schedule"], "milestones": tuple(ckpt["schedule"]["milestones"])}
@@ -900,6 +900,9 @@ def export_checkpoint(
     }
     sha, size = save_fp16_safetensors(state, dest, details)
     recipe = ckpt["recipe"]
+    patch = f"{recipe['patch']}"
+    if recipe.get("patch_width") and recipe["patch_width"] != recipe["patch"]:
+        patch = f"{recipe['patch_width']}x{recipe['patch']} (width x height)"
     entry = manifest_entry(
         Path(dest).name,
         sha256=sha,
@@ -908,7 +911,7 @@ def export_checkpoint(
         origin="lowlight train (this repository)",
         training=(
             f"{ckpt['data']}; {recipe['recipe']} {ckpt['step']} steps, batch "
-            f"{recipe['batch_size']}, patch {recipe['patch']}, lr {recipe['lr']}, "
+            f"{recipe['batch_size']}, patch {patch}, lr {recipe['lr']}, "
             f"seed {ckpt['seed']}"
         ),
         metrics={split: scores} if scores else {},

@@ -68,7 +68,12 @@ class Recipe:
         weight_decay: Adam weight decay (L2, as in torch.optim.Adam).
         grad_clip: clip the global gradient norm to this (None: no clipping).
         batch_size: pairs per optimiser step (over all processes).
-        patch: training crop size in pixels (of the ground truth).
+        patch: training crop size in pixels (of the ground truth); the crop's height when
+            ``patch_width`` is set.
+        patch_width: the crop's width for a rectangular crop (ours, no paper's; ``0``, the
+            default: square). A landscape crop such as ``320 x 480`` shows a model two thirds of
+            a 600 x 400 LOL frame; a portrait photo (an identity photo of 321 x 481) is turned a
+            quarter turn to give it, and quarter-turn augmentation keeps to half turns.
         hflip, vflip, rot90: random augmentations.
         exposure_gain: the largest gain of the exposure augmentation (ours, no paper's): with
             probability ``exposure_prob`` the low-light crop is multiplied by a gain drawn
@@ -112,6 +117,7 @@ class Recipe:
     grad_clip: float | None = None
     batch_size: int = 8
     patch: int = 128
+    patch_width: int = 0
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
