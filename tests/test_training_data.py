@@ -22,6 +22,8 @@ from lowlight_cli.training.data import (
     linear_to_srgb,
     list_pairs,
     sample_indices,
+    scene_groups,
+    split_pairs,
     srgb_to_linear,
     synthesize_low_light,
 )
@@ -95,6 +97,39 @@ def test_lol_holdout_validates_on_training_pairs_and_leaves_eval15(tmp_path: Pat
     # Named by data set, not by the folder's absolute path on this machine.
     assert "lol/our485" in run.description and str(tmp_path) not in run.description
     assert "0, 3, 6" in run.description
+
+
+def _scene(seed: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """A scene of its own: coarse random blocks, so no two seeds look alike when shrunk."""
+    blocks = np.random.default_rng(seed).integers(20, 235, size=(4, 6, 3), dtype=np.uint8)
+    return np.kron(blocks, np.ones((h // 4, w // 6, 1), np.uint8))
+
+
+def test_scene_groups_join_exposures_of_one_scene_and_keep_scenes_apart() -> None:
+    a, b, c = _scene(1), _scene(2), _scene(3)
+    darker = (a.astype(np.float32) * 0.6).astype(np.uint8)  # a again, exposed lower
+    noisy = np.clip(b.astype(np.int16) + np.random.default_rng(0).integers(-6, 7, b.shape), 0, 255)
+    targets = [a, b, darker, c, noisy.astype(np.uint8)]
+    assert scene_groups(targets) == [0, 1, 0, 2, 1]
+    assert scene_groups([a, b, c]) == [0, 1, 2]
+
+
+def test_scene_split_holds_out_every_pair_of_a_scene() -> None:
+    """Holding out single pairs leaves a held-out scene in training; by scenes it does not."""
+    scenes = [1, 1, 2, 3, 3, 3, 4, 5, 5]  # pair -> scene (pairs of a scene: other exposures)
+    highs = [_scene(s) for s in scenes]
+    lows = [(h // (2 + k % 3)).astype(np.uint8) for k, h in enumerate(highs)]
+    images = PairedImages([str(k) for k in range(len(scenes))], lows, highs)
+    train, val = split_pairs(images, 2, "scenes")
+    held = {scenes[int(n)] for n in val.names}
+    assert held == {1, 5} and val.names == ["0", "1", "7", "8"]
+    assert not held & {scenes[int(n)] for n in train.names}
+    train, val = split_pairs(images, 2)  # pairs 0 and 8: their scene-mates 1 and 7 still train
+    assert val.names == ["0", "8"] and {"1", "7"} <= set(train.names)
+    with pytest.raises(UsageError, match="5 scenes"):
+        split_pairs(images, 5, "scenes")
+    with pytest.raises(UsageError, match="validation split"):
+        split_pairs(images, 2, "frames")
 
 
 def test_indices_cover_each_epoch_once() -> None:

@@ -214,6 +214,27 @@ def test_time_limit_must_be_positive(tmp_path: Path, pairs_dir: Path):
         train(_cfg(tmp_path, pairs_dir, None, "z", time_limit=0.0), model=_model())
 
 
+def test_a_scene_split_is_kept_on_resume(tmp_path: Path) -> None:
+    """--val-split scenes holds a scene out with all its pairs, records it, and a resumed run
+    (which is not told again) validates on the same pairs."""
+    data = _write_pairs(tmp_path / "pairs", 6, size=(48, 32))
+    for copy in ("1", "4"):  # pairs 0-1 and 3-4 show one scene each (the same ground truth)
+        prev = str(int(copy) - 1)
+        (data / "high" / f"{copy}.png").write_bytes((data / "high" / f"{prev}.png").read_bytes())
+    recipe = _recipe(iterations=4)
+    cfg = _cfg(tmp_path, data, None, "s", recipe=recipe, val_holdout=2, stop_at=2)
+    cfg.val_split = "scenes"
+    train(cfg, model=_model())
+    ckpt = torch.load(tmp_path / "s" / LAST, weights_only=False)
+    assert ckpt["val_split"] == "scenes" and ckpt["val_names"] == ["0", "1", "5"]
+    assert "held out (2 scenes): 0, 1, 5" in ckpt["data"]
+    train(
+        _cfg(tmp_path, data, None, "s", recipe=recipe, resume=tmp_path / "s" / LAST), model=_model()
+    )
+    resumed = torch.load(tmp_path / "s" / LAST, weights_only=False)
+    assert resumed["step"] == 4 and resumed["val_names"] == ["0", "1", "5"]
+
+
 def test_resume_refuses_other_model(tmp_path: Path, pairs_dir: Path):
     from lowlight_cli.errors import UsageError
 

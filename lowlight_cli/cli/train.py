@@ -234,6 +234,13 @@ def train(
         help="Training pairs held out for validation when --val is not given (lol: 15; "
         "eval15 is then left as the test set). 0: lol validates on eval15.",
     ),
+    val_split: str = typer.Option(
+        "pairs",
+        "--val-split",
+        help="pairs: --val-holdout single pairs; scenes: --val-holdout scenes with all their "
+        "pairs, so no validation scene is also trained on (LOL photographs most scenes "
+        "several times). A resumed run keeps its split.",
+    ),
     identity_data: Path | None = typer.Option(
         None,
         "--identity-data",
@@ -305,6 +312,7 @@ def train(
         val_holdout=(15 if dataset == "lol" and val is None else 0)
         if val_holdout is None
         else val_holdout,
+        val_split=val_split,
         val_every=val_every,
         log_every=log_every,
         time_limit=parse_duration(time_limit) if time_limit is not None else None,

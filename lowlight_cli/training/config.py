@@ -49,6 +49,9 @@ class TrainConfig:
             train the same either way); None: the recipe's.
         val_holdout: pairs of the training set held out for validation (evenly spaced in name
             order; used when ``val`` is not given; ``lol`` then leaves eval15 untouched).
+        val_split: ``pairs`` (default) or ``scenes``: ``val_holdout`` scenes are held out with
+            all their pairs, so no validation scene is also a training scene (set when a run
+            starts; a resumed run keeps its split).
         val_every: validate every N steps instead of the recipe's (also when resuming: how often
             a run is validated does not change its training).
         log_every: log every N steps instead of the recipe's (also when resuming).
@@ -77,6 +80,7 @@ class TrainConfig:
     channels_last: bool | None = False
     budget: float | None = None
     val_holdout: int = 0
+    val_split: str = "pairs"
     ema_decay: float | None = None
     val_every: int | None = None
     log_every: int | None = None

@@ -46,6 +46,12 @@ LOL_TRAIN = "our485"
 LOL_VAL = "eval15"
 # Synthetic data without --val: every n-th photo (sorted by name) is held out for validation.
 SYNTHETIC_HOLDOUT_EVERY = 10
+# How a held-out split is drawn: single pairs, or whole scenes (see scene_groups).
+HOLDOUT_SPLITS = ("pairs", "scenes")
+# Scene grouping: targets shrunk to this size (w, h), divided by their mean, and compared by mean
+# squared difference; closer than SCENE_DISTANCE is one scene (two random LOL pairs: ~0.29).
+SCENE_THUMB = (48, 32)
+SCENE_DISTANCE = 0.05
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -214,9 +220,78 @@ def holdout_indices(n: int, count: int) -> list[int]:
     return sorted({round(k * (n - 1) / (count - 1)) for k in range(count)})
 
 
-def split_pairs(images: PairedImages, count: int) -> tuple[PairedImages, PairedImages]:
-    """``(train, validation)``: ``count`` pairs held out by :func:`holdout_indices`."""
-    held = set(holdout_indices(len(images), count))
+def scene_thumbnail(image: np.ndarray) -> np.ndarray:
+    """An image as its scene signature: shrunk to :data:`SCENE_THUMB`, divided by its mean (so
+    exposure does not count), flattened."""
+    from PIL import Image
+
+    small = (
+        Image.fromarray(np.ascontiguousarray(image))
+        .convert("RGB")
+        .resize(SCENE_THUMB, Image.BILINEAR)
+    )
+    arr = np.asarray(small, np.float32) / 255.0
+    return (arr / max(float(arr.mean()), 1e-6)).ravel()
+
+
+def scene_groups(targets: Sequence[np.ndarray], distance: float = SCENE_DISTANCE) -> list[int]:
+    """A scene number per pair, numbered in order of each scene's first pair.
+
+    Data sets such as LOL photograph a scene several times (other exposures of the dark input,
+    sometimes with the very same target); a validation pair whose scene is also in training
+    measures memory as much as generalisation. Pairs whose targets' :func:`scene_thumbnail`
+    differ by less than ``distance`` (mean squared difference) are one scene, and so is
+    everything linked by such pairs.
+    """
+    n = len(targets)
+    if n == 0:
+        return []
+    x = np.stack([scene_thumbnail(t) for t in targets]).astype(np.float64)
+    sq = (x * x).sum(axis=1)
+    dist = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T) / x.shape[1]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(dist < distance, k=1)), strict=True):
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    numbers: dict[int, int] = {}
+    return [numbers.setdefault(root(i), len(numbers)) for i in range(n)]
+
+
+def holdout_scene_indices(scenes: Sequence[int], count: int) -> list[int]:
+    """Every pair of ``count`` scenes spread evenly over the scenes (:func:`scene_groups`).
+
+    Raises:
+        UsageError: nothing would be left to train on.
+    """
+    n_scenes = len(set(scenes))
+    if count >= n_scenes:
+        raise UsageError(
+            f"cannot hold out {count} of {n_scenes} scenes for validation and still train",
+            hint="use a smaller --val-holdout or give --val",
+        )
+    picked = set(holdout_indices(n_scenes, count))
+    return [i for i, s in enumerate(scenes) if s in picked]
+
+
+def split_pairs(
+    images: PairedImages, count: int, by: str = "pairs"
+) -> tuple[PairedImages, PairedImages]:
+    """``(train, validation)``: ``count`` pairs held out by :func:`holdout_indices`, or with
+    ``by="scenes"`` every pair of ``count`` scenes (:func:`holdout_scene_indices`)."""
+    if by not in HOLDOUT_SPLITS:
+        raise UsageError(f"unknown validation split '{by}'", hint=f"{' or '.join(HOLDOUT_SPLITS)}")
+    if by == "scenes":
+        held = set(holdout_scene_indices(scene_groups(images.high), count))
+    else:
+        held = set(holdout_indices(len(images), count))
 
     def pick(keep: bool) -> PairedImages:
         idx = [i for i in range(len(images)) if (i in held) != keep]
@@ -626,6 +701,7 @@ def build_run_data(
     workers: int = 2,
     normal_only: bool = False,
     holdout: int = 0,
+    holdout_by: str = "pairs",
     identity_data: str | Path | None = None,
     identity_prob: float = 0.0,
 ) -> RunData:
@@ -642,6 +718,8 @@ def build_run_data(
             pair are the ground truth.
         holdout: without ``val``, hold this many training pairs out for validation
             (:func:`holdout_indices`); ``lol`` then does not load eval15, which stays a test set.
+        holdout_by: ``pairs``, or ``scenes``: ``holdout`` is then a number of scenes, held out
+            with all their pairs (:func:`split_pairs`).
         identity_data: a folder of well-exposed photos for :class:`IdentityMix`.
         identity_prob: the share of samples drawn from them (needs ``identity_data``).
 
@@ -651,6 +729,10 @@ def build_run_data(
     if kind not in DATASET_KINDS:
         raise UsageError(
             f"unknown dataset '{kind}'", hint=f"choose one of: {', '.join(DATASET_KINDS)}"
+        )
+    if holdout_by not in HOLDOUT_SPLITS:
+        raise UsageError(
+            f"unknown validation split '{holdout_by}'", hint=f"{' or '.join(HOLDOUT_SPLITS)}"
         )
     data = Path(data)
     val_images: PairedImages | None = None
@@ -671,8 +753,9 @@ def build_run_data(
         if normal_only:
             images = PairedImages(images.names, images.high, images.high, images.source)
         if val is None and holdout > 0:
-            images, val_images = split_pairs(images, holdout)
-            val_images.source = f"{images.source} held out: {', '.join(val_images.names)}"
+            images, val_images = split_pairs(images, holdout, holdout_by)
+            scenes = f" ({holdout} scenes)" if holdout_by == "scenes" else ""
+            val_images.source = f"{images.source} held out{scenes}: {', '.join(val_images.names)}"
         train = PairedTrainingSet(images)
         if val is None and val_images is None and kind == "lol":
             val = data

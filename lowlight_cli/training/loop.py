@@ -310,6 +310,7 @@ def _train(
         raise UsageError("no training data", hint="pass --data PATH")
 
     holdout = int(ckpt.get("val_holdout", 0)) if ckpt is not None else cfg.val_holdout
+    holdout_by = str(ckpt.get("val_split", "pairs")) if ckpt is not None else cfg.val_split
     if cfg.budget is not None and (cfg.steps is not None or cfg.epochs is not None):
         raise UsageError("give --budget or --steps/--epochs, not both")
     if cfg.budget is not None and not cfg.budget > 0:
@@ -322,6 +323,7 @@ def _train(
         workers=cfg.workers,
         normal_only=recipe.model == "frlie" and recipe.stage == 1,
         holdout=holdout,
+        holdout_by=holdout_by,
         identity_data=cfg.identity_data,
         identity_prob=recipe.identity_prob,
     )
@@ -443,6 +445,7 @@ def _train(
             "data": data.description,
             "dataset": cfg.dataset,
             "val_holdout": holdout,
+            "val_split": holdout_by,
             "val_names": list(data.val.names) if data.val is not None else [],
             "prepared": prepared,
             "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
