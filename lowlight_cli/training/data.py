@@ -248,7 +248,6 @@ def scene_groups(targets: Sequence[np.ndarray], distance: float = SCENE_DISTANCE
         return []
     x = np.stack([scene_thumbnail(t) for t in targets]).astype(np.float64)
     sq = (x * x).sum(axis=1)
-    dist = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T) / x.shape[1]
     parent = list(range(n))
 
     def root(i: int) -> int:
@@ -257,10 +256,13 @@ def scene_groups(targets: Sequence[np.ndarray], distance: float = SCENE_DISTANCE
             i = parent[i]
         return i
 
-    for i, j in zip(*np.nonzero(np.triu(dist < distance, k=1)), strict=True):
-        ri, rj = root(int(i)), root(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    for start in range(0, n, 256):  # rows in blocks: no n x n matrix for a large set
+        rows = slice(start, min(start + 256, n))
+        dist = (sq[rows, None] + sq[None, :] - 2.0 * x[rows] @ x.T) / x.shape[1]
+        for i, j in zip(*np.nonzero(dist < distance), strict=True):
+            ri, rj = root(start + int(i)), root(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
     numbers: dict[int, int] = {}
     return [numbers.setdefault(root(i), len(numbers)) for i in range(n)]
 
