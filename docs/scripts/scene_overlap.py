@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlight_cli.training.data import SCENE_DISTANCE
+from lowlight_cli.training.data import (
+    SCENE_DISTANCE,
+    holdout_indices,
+    list_pairs,
+    scene_thumbnail,
+)
 
 
 def _thumb(path: Path) -> np.ndarray:
     from PIL import Image
-
-    from lowlight_cli.training.data import scene_thumbnail
 
     with Image.open(path) as img:
         return scene_thumbnail(np.asarray(img.convert("RGB")))
@@ -49,8 +52,6 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated models to score")
     parser.add_argument("--weights", action="append", default=[], help="MODEL=FILE")
     args = parser.parse_args()
-
-    from lowlight_cli.training.data import holdout_indices, list_pairs
 
     pairs = list_pairs(args.train)
     held = set(holdout_indices(len(pairs), args.holdout)) if args.holdout else set()

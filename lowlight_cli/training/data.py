@@ -283,13 +283,17 @@ def holdout_scene_indices(scenes: Sequence[int], count: int) -> list[int]:
     return [i for i, s in enumerate(scenes) if s in picked]
 
 
+def _check_split(by: str) -> None:
+    if by not in HOLDOUT_SPLITS:
+        raise UsageError(f"unknown validation split '{by}'", hint=" or ".join(HOLDOUT_SPLITS))
+
+
 def split_pairs(
     images: PairedImages, count: int, by: str = "pairs"
 ) -> tuple[PairedImages, PairedImages]:
     """``(train, validation)``: ``count`` pairs held out by :func:`holdout_indices`, or with
     ``by="scenes"`` every pair of ``count`` scenes (:func:`holdout_scene_indices`)."""
-    if by not in HOLDOUT_SPLITS:
-        raise UsageError(f"unknown validation split '{by}'", hint=f"{' or '.join(HOLDOUT_SPLITS)}")
+    _check_split(by)
     if by == "scenes":
         held = set(holdout_scene_indices(scene_groups(images.high), count))
     else:
@@ -395,7 +399,7 @@ class Augment:
         """The crop and augmentations ``recipe`` asks for."""
         return cls(
             patch=recipe.patch,
-            patch_width=int(getattr(recipe, "patch_width", 0)),
+            patch_width=recipe.patch_width,
             hflip=recipe.hflip,
             vflip=recipe.vflip,
             rot90=recipe.rot90,
@@ -452,7 +456,7 @@ def _augment(arrays: list[np.ndarray], rng: np.random.Generator, aug: Augment) -
         arrays = [a[::-1] for a in arrays]
     if aug.rot90:
         k = int(rng.integers(0, 4))
-        if aug.patch_width and aug.patch_width != aug.patch:
+        if len(set(aug.size)) == 2:
             k &= 2  # a quarter turn would make a rectangular crop the wrong way round
         if k:
             arrays = [np.rot90(a, k) for a in arrays]
@@ -732,10 +736,7 @@ def build_run_data(
         raise UsageError(
             f"unknown dataset '{kind}'", hint=f"choose one of: {', '.join(DATASET_KINDS)}"
         )
-    if holdout_by not in HOLDOUT_SPLITS:
-        raise UsageError(
-            f"unknown validation split '{holdout_by}'", hint=f"{' or '.join(HOLDOUT_SPLITS)}"
-        )
+    _check_split(holdout_by)  # also when nothing is held out: a typo is not silently ignored
     data = Path(data)
     val_images: PairedImages | None = None
     if kind == "synthetic":
