@@ -889,8 +889,11 @@ class _SleepsAfterFit(TinyEnhancer):
         self.reporter, self.delay, self.slept = reporter, delay, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fitted = any(line.startswith("budget: ") for line in self.reporter.lines)
-        if self.training and not self.slept and fitted:
+        if (
+            self.training
+            and not self.slept
+            and any(line.startswith("budget: ") for line in self.reporter.lines)
+        ):
             self.slept = True
             time.sleep(self.delay)
         return super().forward(x)
