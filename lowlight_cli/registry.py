@@ -45,6 +45,10 @@ class ModelSpec:
         lol_eval15: a classical model's PSNR / SSIM on LOL eval15 through ``lowlight benchmark
             --quality-only`` (neural models carry theirs in the weights' manifest entry);
             shown by ``lowlight models`` for comparison, checked by tests/test_registry.py.
+        weights_settings: constructor settings a weights file may set for itself (the
+            ``kwargs`` it records, :func:`~lowlight_cli.weights.read_weights_file`): widths,
+            which change neither ``size_multiple`` nor ``receptive_margin``, so that weights
+            trained with ``--set model_kwargs=...`` run as they were trained.
     """
 
     name: str
@@ -62,6 +66,7 @@ class ModelSpec:
     exportable: bool = True
     receptive_margin: int = 32
     lol_eval15: tuple[float, float] | None = None
+    weights_settings: tuple[str, ...] = ()
 
     def build(self, **overrides: Any) -> nn.Module:
         """Instantiate the module with the default kwargs updated by ``overrides``."""
@@ -99,6 +104,7 @@ MODELS: dict[str, ModelSpec] = {
         bf16_safe=True,
         bf16_auto=True,  # 56.1 dB worst of the 15 eval15 frames (shipped weights)
         default_weights="nrl.lol",
+        weights_settings=("channels",),
         # Exact receptive radius: 2 + 2 (FMSB 5x5s) + 6 steps x 2 (3x3s) + 1 (reconstruction).
         receptive_margin=17,
     ),
@@ -110,6 +116,7 @@ MODELS: dict[str, ModelSpec] = {
         size_multiple=4,
         fp16_safe=True,
         default_weights="frlie.lol",
+        weights_settings=("width",),
         receptive_margin=64,
     ),
     "neid": ModelSpec(
@@ -122,6 +129,7 @@ MODELS: dict[str, ModelSpec] = {
         bf16_safe=True,
         bf16_auto=True,  # 56.8 dB worst of the 15 eval15 frames (shipped weights)
         default_weights="neid.lol",
+        weights_settings=("base_channels",),
         receptive_margin=64,
     ),
     "gamma": ModelSpec(
@@ -219,18 +227,22 @@ def load_model(
 ) -> nn.Module:
     """Build ``name`` and load its weights (``weights``: id, path, or None for the default).
 
-    Classical models need no weights and ignore ``weights``.
+    Classical models need no weights and ignore ``weights``. A weights file that records a
+    width other than the default (``ModelSpec.weights_settings``) is built at that width;
+    ``overrides`` win over what the file records.
     """
-    from lowlight_cli.weights import load_state_dict
+    from lowlight_cli.weights import load_weights
 
     spec = get_spec(name)
-    model = spec.build(**overrides)
-    if spec.kind == "neural":
-        state = load_state_dict(weights, spec=spec)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-            raise _weights_mismatch(spec, weights, model, state) from err
+    if spec.kind != "neural":
+        return spec.build(**overrides).to(device).eval()
+    state, recorded = load_weights(weights, spec=spec)
+    own = {k: recorded[k] for k in spec.weights_settings if k in recorded}
+    model = spec.build(**{**own, **overrides})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        raise _weights_mismatch(spec, weights, model, state) from err
     return model.to(device).eval()
 
 

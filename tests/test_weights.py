@@ -790,3 +790,64 @@ def test_weights_of_another_model_are_a_weights_error_naming_it(tmp_path, run_cl
     )
     assert code == ExitCode.WEIGHTS and "--model neid" in err
     assert not (tmp_path / "dark_enhanced.png").exists()
+
+
+def test_weights_that_record_another_width_load_at_that_width(tmp_path, run_cli):
+    """A file that records the width it was trained at (``lowlight train --set
+    model_kwargs=...`` exports do) runs at that width; the run mode stays the caller's, and a
+    setting that would change the size multiple (depth) is not taken from the file."""
+    from PIL import Image
+
+    from lowlight_cli.registry import create_model, load_model
+    from lowlight_cli.weights.state import TRAINING_CHECKPOINT_FORMAT
+
+    narrow = create_model("neid", base_channels=8)
+    recorded = {"upscale": True, "base_channels": 8, "depth": 3, "dr_blocks": 2}
+    W.save_safetensors_fp16(
+        narrow.state_dict(), tmp_path / "narrow.safetensors", {"kwargs": recorded}
+    )
+    model = load_model("neid", tmp_path / "narrow.safetensors")
+    assert model.base_channels == 8 and model.upscale is False
+    expected = create_model("neid", base_channels=8)
+    expected.load_state_dict(W.read_state_dict(tmp_path / "narrow.safetensors"))
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected(x))
+    assert load_model("neid", tmp_path / "narrow.safetensors", upscale=True).upscale is True
+
+    # A training checkpoint records its model_kwargs.
+    ckpt = {
+        "format": TRAINING_CHECKPOINT_FORMAT,
+        "model_state": narrow.state_dict(),
+        "model_kwargs": recorded,
+    }
+    torch.save(ckpt, tmp_path / "last.pt")
+    assert load_model("neid", tmp_path / "last.pt").base_channels == 8
+
+    # The same tensors without the record, or with another depth, do not fit.
+    torch.save(narrow.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(WeightsError, match="do not fit model 'neid'"):
+        load_model("neid", tmp_path / "bare.pt")
+    shallow = create_model("neid", base_channels=8, depth=2)
+    W.save_safetensors_fp16(
+        shallow.state_dict(),
+        tmp_path / "shallow.safetensors",
+        {"kwargs": {"base_channels": 8, "depth": 2}},
+    )
+    with pytest.raises(WeightsError, match="do not fit model 'neid'"):
+        load_model("neid", tmp_path / "shallow.safetensors")
+
+    photo = tmp_path / "dark.png"
+    Image.fromarray(np.full((40, 56, 3), 20, np.uint8)).save(photo)
+    code, _, err = run_cli(
+        [
+            "enhance",
+            str(photo),
+            "--model",
+            "neid",
+            "--weights",
+            str(tmp_path / "narrow.safetensors"),
+        ]
+    )
+    assert code == 0, err
+    assert Image.open(tmp_path / "dark_enhanced.png").size == (56, 40)

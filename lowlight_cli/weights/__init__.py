@@ -46,11 +46,12 @@ from lowlight_cli.weights.resolve import (
     download_entry,
     fetch,
     load_state_dict,
+    load_weights,
     resolve_vgg16,
     resolve_weights,
     verify_entry,
 )
-from lowlight_cli.weights.state import read_state_dict, save_safetensors_fp16
+from lowlight_cli.weights.state import read_state_dict, read_weights_file, save_safetensors_fp16
 from lowlight_cli.weights.store import (
     bundled_dir,
     cache_dir,
@@ -84,11 +85,13 @@ __all__ = [
     "is_offline",
     "load_manifest",
     "load_state_dict",
+    "load_weights",
     "local_path",
     "manifest_entry",
     "manifest_path",
     "parse_manifest",
     "read_state_dict",
+    "read_weights_file",
     "resolve_vgg16",
     "resolve_weights",
     "save_safetensors_fp16",

@@ -22,7 +22,7 @@ from lowlight_cli.weights.download import (
     file_sha256,
 )
 from lowlight_cli.weights.manifest import FORMATS, VGG16_ID, Manifest, WeightsEntry, load_manifest
-from lowlight_cli.weights.state import _save_safetensors, read_state_dict
+from lowlight_cli.weights.state import _save_safetensors, read_state_dict, read_weights_file
 from lowlight_cli.weights.store import bundled_dir, cache_dir, download_urls, is_offline, local_path
 
 
@@ -292,7 +292,14 @@ def default_weights_id(spec: ModelRef | None, manifest: Manifest | None = None) 
 
 
 def load_state_dict(ref: str | Path | None, *, spec: ModelRef | None = None) -> dict[str, Any]:
-    """Float32 state dict for a model.
+    """Float32 state dict for a model (:func:`load_weights` without the recorded settings)."""
+    return load_weights(ref, spec=spec)[0]
+
+
+def load_weights(
+    ref: str | Path | None, *, spec: ModelRef | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Float32 state dict for a model, and the model settings its file records.
 
     Args:
         ref: weights id (``neid.lol``; a bare tag ``lol`` means ``<spec.name>.lol``), a path
@@ -300,7 +307,9 @@ def load_state_dict(ref: str | Path | None, *, spec: ModelRef | None = None) -> 
         spec: the model the weights are for; an id for another model is refused.
 
     Returns:
-        ``dict[str, torch.Tensor]``, floating tensors as float32, on CPU.
+        ``(state, settings)``: ``dict[str, torch.Tensor]`` (floating tensors as float32, on
+        CPU) and the constructor keyword arguments the file records (``{}`` if none;
+        :func:`~lowlight_cli.weights.state.read_weights_file`).
 
     Raises:
         WeightsError: no default weights, weights of another model, missing, corrupt.
@@ -319,4 +328,4 @@ def load_state_dict(ref: str | Path | None, *, spec: ModelRef | None = None) -> 
                 f"weights '{entry.id}' are for model '{entry.model}', not '{spec.name}'",
                 hint=f"pick weights whose id starts with '{spec.name}.' (lowlight weights list)",
             )
-    return read_state_dict(resolve_weights(ref))
+    return read_weights_file(resolve_weights(ref))

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
 def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt`` file into a CPU state dict.
 
+    :func:`read_weights_file` gives the model settings the file records as well.
+
     ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses pickled code
     (numpy arrays and scalars are allowed: checkpoints often carry them as metadata). A
     ``lowlight train`` checkpoint (``best.pt``, ``last.pt``) gives the weights its export would
@@ -32,6 +34,22 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
     Raises:
         WeightsError: unreadable file, unsupported format, not a tensor dict.
     """
+    return read_weights_file(path, keep_dtype=keep_dtype)[0]
+
+
+def read_weights_file(
+    path: str | Path, *, keep_dtype: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_state_dict`, with the model settings the file records.
+
+    The settings are the constructor keyword arguments the weights were made with: the
+    ``kwargs`` metadata of a safetensors file written by ``lowlight train --export`` or
+    ``lowlight weights from-checkpoint``, or ``model_kwargs`` of a training checkpoint;
+    ``{}`` for files that record none (most ``.pth`` files).
+
+    Raises:
+        WeightsError: as :func:`read_state_dict`.
+    """
     import torch
 
     path = Path(path)
@@ -41,8 +59,10 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
             from safetensors.torch import load_file
 
             state: Any = load_file(str(path), device="cpu")
+            settings = _safetensors_settings(path)
         elif suffix in (".pth", ".pt"):
             state = _load_pickled_tensors(path)
+            settings = {}
         elif suffix == ".onnx":
             raise WeightsError(
                 f"{path.name} is an ONNX model, not a state dict",
@@ -61,6 +81,8 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
             hint="the file may be truncated or not a weights file; download it again",
         ) from exc
     if isinstance(state, dict) and state.get("format") == TRAINING_CHECKPOINT_FORMAT:
+        if isinstance(state.get("model_kwargs"), dict):
+            settings = dict(state["model_kwargs"])
         state = training_checkpoint_weights(state)
     elif isinstance(state, dict):
         for key in ("state_dict", "model"):
@@ -77,8 +99,21 @@ def read_state_dict(path: str | Path, *, keep_dtype: bool = False) -> dict[str, 
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     if keep_dtype:
-        return dict(state)
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+        return dict(state), settings
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, settings
+
+
+def _safetensors_settings(path: Path) -> dict[str, Any]:
+    """The ``kwargs`` a safetensors file's metadata records (JSON), or ``{}``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        raw = (fh.metadata() or {}).get("kwargs")
+    try:
+        settings = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 TRAINING_CHECKPOINT_FORMAT = "lowlight-train"
