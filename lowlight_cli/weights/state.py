@@ -56,10 +56,7 @@ def read_weights_file(
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-            settings = _safetensors_settings(path)
+            state, settings = _read_safetensors(path)
         elif suffix in (".pth", ".pt"):
             state = _load_pickled_tensors(path)
             settings = {}
@@ -103,17 +100,19 @@ def read_weights_file(
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, settings
 
 
-def _safetensors_settings(path: Path) -> dict[str, Any]:
-    """The ``kwargs`` a safetensors file's metadata records (JSON), or ``{}``."""
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A safetensors file's tensors and the ``kwargs`` its metadata records (JSON; ``{}``
+    if none), read through one open file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)
         raw = (fh.metadata() or {}).get("kwargs")
     try:
         settings = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
-        return {}
-    return settings if isinstance(settings, dict) else {}
+        settings = {}
+    return state, settings if isinstance(settings, dict) else {}
 
 
 TRAINING_CHECKPOINT_FORMAT = "lowlight-train"
