@@ -12,6 +12,7 @@ from PIL import Image
 
 from lowlight_cli.errors import UsageError
 from lowlight_cli.training.data import (
+    LUMA_BT601,
     Augment,
     IdentityMix,
     PairedImages,
@@ -22,6 +23,7 @@ from lowlight_cli.training.data import (
     linear_to_srgb,
     list_pairs,
     sample_indices,
+    scene_exposure_targets,
     scene_groups,
     split_pairs,
     srgb_to_linear,
@@ -130,6 +132,46 @@ def test_scene_split_holds_out_every_pair_of_a_scene() -> None:
         split_pairs(images, 5, "scenes")
     with pytest.raises(UsageError, match="validation split"):
         split_pairs(images, 2, "frames")
+
+
+def _luma(img: np.ndarray) -> float:
+    return float((img.astype(np.float32) / 255.0 @ LUMA_BT601).mean())
+
+
+def test_scene_exposure_brings_a_scenes_targets_to_its_mean_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Targets of one scene shot at other exposures end at the scene's geometric mean."""
+    a, b = _scene(1), _scene(2)
+    bright = (a.astype(np.float32) * 0.8).astype(np.uint8)
+    dim = (a.astype(np.float32) * 0.5).astype(np.uint8)
+    highs = [bright, b, dim]  # pairs 0 and 2: one scene; pair 1 alone
+    lows = [h // 6 for h in highs]
+    images = PairedImages(["0", "1", "2"], lows, highs, source="x")
+    out, info = scene_exposure_targets(images)
+    want = float(np.sqrt(_luma(bright) * _luma(dim)))
+    assert _luma(out.high[0]) == pytest.approx(want, abs=2e-3)
+    assert _luma(out.high[2]) == pytest.approx(want, abs=2e-3)
+    assert np.array_equal(out.high[1], b)  # a scene of one pair keeps its exposure
+    assert all(np.array_equal(x, y) for x, y in zip(out.low, lows, strict=True))
+    assert np.array_equal(images.high[0], bright)  # the input set is not changed in place
+    assert info["scenes"] == 1 and info["pairs"] == 2
+    assert info["gain_min"] < 1.0 < info["gain_max"]
+    # Through the run's data: training targets rescaled, validation pairs left as they are.
+    root = tmp_path / "pairs"
+    (root / "low").mkdir(parents=True)
+    (root / "high").mkdir()
+    for k, (lo, hi) in enumerate([*zip(lows, highs, strict=True), (a // 6, a)]):
+        Image.fromarray(hi).save(root / "high" / f"{k}.png")
+        Image.fromarray(lo).save(root / "low" / f"{k}.png")
+    run = build_run_data("pairs", root, workers=1, holdout=1, scene_exposure=True)
+    assert run.val is not None and run.val.names == ["2"] and np.array_equal(run.val.high[0], dim)
+    trained = run.train.images  # type: ignore[attr-defined]
+    assert trained.names == ["0", "1", "3"]
+    assert _luma(trained.high[0]) == pytest.approx(_luma(trained.high[2]), abs=2e-3)
+    assert "scene's mean exposure" in run.description
+    with pytest.raises(UsageError, match="scene_exposure"):
+        build_run_data("synthetic", root / "high", scene_exposure=True)
 
 
 def test_indices_cover_each_epoch_once() -> None:

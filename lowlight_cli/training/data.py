@@ -52,6 +52,8 @@ HOLDOUT_SPLITS = ("pairs", "scenes")
 # squared difference; closer than SCENE_DISTANCE is one scene (two random LOL pairs: ~0.29).
 SCENE_THUMB = (48, 32)
 SCENE_DISTANCE = 0.05
+# BT.601 luma weights of RGB (the "at the GT mean" scores use the same).
+LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -265,6 +267,53 @@ def scene_groups(targets: Sequence[np.ndarray], distance: float = SCENE_DISTANCE
                 parent[max(ri, rj)] = min(ri, rj)
     numbers: dict[int, int] = {}
     return [numbers.setdefault(root(i), len(numbers)) for i in range(n)]
+
+
+def scene_exposure_targets(images: PairedImages) -> tuple[PairedImages, dict[str, float]]:
+    """``images`` with each target rescaled to its scene's mean exposure (the ``scene_exposure``
+    recipe setting).
+
+    LOL's ground truths of one scene (:func:`scene_groups`) are exposed differently from shot to
+    shot, and not in step with the dark inputs: over ``our485`` about half the variance of the
+    log of a target's mean luma lies within scenes, where it is uncorrelated with the input's.
+    A model trained on such pairs learns that noise as each training pair's exposure and carries
+    it to new shots of the scene. Here every target of a scene with more than one pair is scaled
+    (in sRGB, clipped, like the "at the GT mean" scores) so that its mean BT.601 luma is the
+    geometric mean of the scene's; targets of single-pair scenes are kept. Inputs are kept.
+
+    Returns:
+        The rescaled pairs, and a summary: ``scenes`` (with more than one pair), ``pairs``
+        rescaled, ``gain_min`` / ``gain_max`` and the share of target values ``clipped``.
+    """
+    lumas = np.array(
+        [float((h.astype(np.float32) / 255.0 @ LUMA_BT601).mean()) for h in images.high]
+    )
+    scenes = scene_groups(images.high)
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(scenes):
+        members.setdefault(s, []).append(i)
+    high = list(images.high)
+    gains: list[float] = []
+    clipped = total = 0
+    for idx in members.values():
+        if len(idx) < 2:
+            continue
+        mean = float(np.exp(np.mean(np.log(np.maximum(lumas[idx], 1e-4)))))
+        for i in idx:
+            gain = mean / max(float(lumas[i]), 1e-4)
+            scaled = images.high[i].astype(np.float32) * gain
+            clipped += int((scaled > 255.0).sum())
+            total += scaled.size
+            high[i] = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+            gains.append(gain)
+    summary = {
+        "scenes": float(sum(len(v) > 1 for v in members.values())),
+        "pairs": float(len(gains)),
+        "gain_min": min(gains, default=1.0),
+        "gain_max": max(gains, default=1.0),
+        "clipped": clipped / total if total else 0.0,
+    }
+    return PairedImages(images.names, images.low, high, images.source), summary
 
 
 def holdout_scene_indices(scenes: Sequence[int], count: int) -> list[int]:
@@ -710,6 +759,7 @@ def build_run_data(
     holdout_by: str = "pairs",
     identity_data: str | Path | None = None,
     identity_prob: float = 0.0,
+    scene_exposure: bool = False,
 ) -> RunData:
     """Decode the training (and validation) data of a run.
 
@@ -728,6 +778,8 @@ def build_run_data(
             with all their pairs (:func:`split_pairs`).
         identity_data: a folder of well-exposed photos for :class:`IdentityMix`.
         identity_prob: the share of samples drawn from them (needs ``identity_data``).
+        scene_exposure: train on targets rescaled to their scene's mean exposure
+            (:func:`scene_exposure_targets`; paired data only, validation pairs untouched).
 
     Raises:
         UsageError: unknown kind or a folder in the wrong layout.
@@ -738,7 +790,13 @@ def build_run_data(
         )
     _check_split(holdout_by)  # also when nothing is held out: a typo is not silently ignored
     data = Path(data)
+    if scene_exposure and (kind == "synthetic" or normal_only):
+        raise UsageError(
+            "scene_exposure rescales the targets of low-light pairs; this run has none",
+            hint="drop --set scene_exposure=true",
+        )
     val_images: PairedImages | None = None
+    scenes_note = ""
     if kind == "synthetic":
         paths = list_images(data)
         photos = _decode_all(paths, workers)
@@ -759,6 +817,14 @@ def build_run_data(
             images, val_images = split_pairs(images, holdout, holdout_by)
             scenes = f" ({holdout} scenes)" if holdout_by == "scenes" else ""
             val_images.source = f"{images.source} held out{scenes}: {', '.join(val_images.names)}"
+        if scene_exposure:
+            images, info = scene_exposure_targets(images)
+            scenes_note = (
+                f"; targets at their scene's mean exposure ({int(info['pairs'])} pairs in "
+                f"{int(info['scenes'])} scenes, gains "
+                f"{info['gain_min']:.2f}-{info['gain_max']:.2f}, "
+                f"{100 * info['clipped']:.2f} % of values clipped)"
+            )
         train = PairedTrainingSet(images)
         if val is None and val_images is None and kind == "lol":
             val = data
@@ -782,7 +848,9 @@ def build_run_data(
             hint="set its share with --set identity_prob=0.25 (a run started without "
             "identity pairs resumes without them)",
         )
-    desc = train.description + (
-        f"; val {val_images.source} ({len(val_images)})" if val_images else ""
+    desc = (
+        train.description
+        + scenes_note
+        + (f"; val {val_images.source} ({len(val_images)})" if val_images else "")
     )
     return RunData(train, val_images, desc)

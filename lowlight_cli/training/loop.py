@@ -326,6 +326,7 @@ def _train(
         holdout_by=holdout_by,
         identity_data=cfg.identity_data,
         identity_prob=recipe.identity_prob,
+        scene_exposure=recipe.scene_exposure,
     )
     size = data.train.count(recipe.epoch_unit, recipe.patch, recipe.patch_width)
     if ckpt is not None and cfg.steps is None and cfg.epochs is None:

@@ -89,6 +89,11 @@ class Recipe:
             and target: the model learns to leave a well-lit picture as it is (LOL pairs never
             show one). ``0`` (default) without such a folder; the CLI makes it ``0.25`` when a
             folder is given and no ``--set identity_prob``.
+        scene_exposure: train on targets rescaled to their scene's mean exposure (ours, no
+            paper's; :func:`~lowlight_cli.training.data.scene_exposure_targets`). LOL's ground
+            truths of one scene vary in exposure from shot to shot, out of step with the
+            inputs; a model that learns each pair's exposure carries that noise to new shots.
+            Validation pairs keep their own targets. ``False`` by default.
         loss: loss of the generic paired task (models without their own task, e.g. test
             stand-ins): ``l2`` or ``l1``.
         val_every: validate every this many steps (0: only at the end).
@@ -125,6 +130,7 @@ class Recipe:
     exposure_prob: float = 0.5
     exposure_to_target: bool = False
     identity_prob: float = 0.0
+    scene_exposure: bool = False
     loss: str = "l2"
     val_every: int = 1000
     log_every: int = 50
