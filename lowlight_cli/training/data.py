@@ -52,6 +52,11 @@ HOLDOUT_SPLITS = ("pairs", "scenes")
 # squared difference; closer than SCENE_DISTANCE is one scene (two random LOL pairs: ~0.29).
 SCENE_THUMB = (48, 32)
 SCENE_DISTANCE = 0.05
+# Closer than this, two targets are shots of the very scene (``scene_exposure``). LOL's re-shots
+# of one scene lie below ~0.03 and different scenes that look alike at this size from ~0.04;
+# SCENE_DISTANCE links through such look-alikes (one 25-pair group of white, evenly lit scenes
+# in our485), which a validation split may do but an exposure shared by the group may not.
+SCENE_EXPOSURE_DISTANCE = 0.03
 # BT.601 luma weights of RGB (the "at the GT mean" scores use the same).
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -269,13 +274,16 @@ def scene_groups(targets: Sequence[np.ndarray], distance: float = SCENE_DISTANCE
     return [numbers.setdefault(root(i), len(numbers)) for i in range(n)]
 
 
-def scene_exposure_targets(images: PairedImages) -> tuple[PairedImages, dict[str, float]]:
+def scene_exposure_targets(
+    images: PairedImages, distance: float = SCENE_EXPOSURE_DISTANCE
+) -> tuple[PairedImages, dict[str, float]]:
     """``images`` with each target rescaled to its scene's mean exposure (the ``scene_exposure``
     recipe setting).
 
-    LOL's ground truths of one scene (:func:`scene_groups`) are exposed differently from shot to
-    shot, and not in step with the dark inputs: over ``our485`` about half the variance of the
-    log of a target's mean luma lies within scenes, where it is uncorrelated with the input's.
+    LOL's ground truths of one scene (:func:`scene_groups` at ``distance``) are exposed
+    differently from shot to shot, and not in step with the dark inputs: over ``our485`` about
+    half the variance of the log of a target's mean luma lies within scenes, where it is
+    uncorrelated with the input's.
     A model trained on such pairs learns that noise as each training pair's exposure and carries
     it to new shots of the scene. Here every target of a scene with more than one pair is scaled
     (in sRGB, clipped, like the "at the GT mean" scores) so that its mean BT.601 luma is the
@@ -288,7 +296,7 @@ def scene_exposure_targets(images: PairedImages) -> tuple[PairedImages, dict[str
     lumas = np.array(
         [float((h.astype(np.float32) / 255.0 @ LUMA_BT601).mean()) for h in images.high]
     )
-    scenes = scene_groups(images.high)
+    scenes = scene_groups(images.high, distance)
     members: dict[int, list[int]] = {}
     for i, s in enumerate(scenes):
         members.setdefault(s, []).append(i)
