@@ -157,6 +157,15 @@ def test_scene_exposure_brings_a_scenes_targets_to_its_mean_and_keeps_the_rest(
     assert np.array_equal(images.high[0], bright)  # the input set is not changed in place
     assert info["scenes"] == 1 and info["pairs"] == 2
     assert info["gain_min"] < 1.0 < info["gain_max"]
+    # A look-alike (two blocks changed: another scene, though within the split's SCENE_DISTANCE)
+    # keeps its own exposure.
+    alike = a.astype(np.int16)
+    alike[:8, :8] += 120
+    alike[8:16, 8:16] -= 120
+    alike = (np.clip(alike, 0, 255) * 0.5).astype(np.uint8)
+    assert scene_groups([bright, alike]) == [0, 0]
+    out, info = scene_exposure_targets(PairedImages(["0", "1"], lows[:2], [bright, alike]))
+    assert info["pairs"] == 0 and np.array_equal(out.high[1], alike)
     # Through the run's data: training targets rescaled, validation pairs left as they are.
     root = tmp_path / "pairs"
     (root / "low").mkdir(parents=True)
