@@ -121,7 +121,12 @@ def quantize8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def mean_luma(img: np.ndarray) -> float:
+    """The mean BT.601 luma of an ``(H, W, 3)`` image in ``[0, 1]``."""
+    return float((img @ LUMA_BT601).mean())
 
 
 def match_mean(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -129,8 +134,8 @@ def match_mean(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
     A black prediction has no brightness to scale and is returned unchanged.
     """
-    have = float((pred @ _LUMA).mean())
-    want = float((target @ _LUMA).mean())
+    have = mean_luma(pred)
+    want = mean_luma(target)
     if have <= 0.0:
         return pred
     return np.clip(pred * (want / have), 0.0, 1.0)

@@ -11,8 +11,8 @@ from conftest import shared_path
 from PIL import Image
 
 from lowlight_cli.errors import UsageError
+from lowlight_cli.evaluate import mean_luma
 from lowlight_cli.training.data import (
-    LUMA_BT601,
     Augment,
     IdentityMix,
     PairedImages,
@@ -135,7 +135,7 @@ def test_scene_split_holds_out_every_pair_of_a_scene() -> None:
 
 
 def _luma(img: np.ndarray) -> float:
-    return float((img.astype(np.float32) / 255.0 @ LUMA_BT601).mean())
+    return mean_luma(img.astype(np.float32) / 255.0)
 
 
 def test_scene_exposure_brings_a_scenes_targets_to_its_mean_and_keeps_the_rest(

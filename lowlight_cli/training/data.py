@@ -57,8 +57,6 @@ SCENE_DISTANCE = 0.05
 # SCENE_DISTANCE links through such look-alikes (one 25-pair group of white, evenly lit scenes
 # in our485), which a validation split may do but an exposure shared by the group may not.
 SCENE_EXPOSURE_DISTANCE = 0.03
-# BT.601 luma weights of RGB (the "at the GT mean" scores use the same).
-LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -293,9 +291,9 @@ def scene_exposure_targets(
         The rescaled pairs, and a summary: ``scenes`` (with more than one pair), ``pairs``
         rescaled, ``gain_min`` / ``gain_max`` and the share of target values ``clipped``.
     """
-    lumas = np.array(
-        [float((h.astype(np.float32) / 255.0 @ LUMA_BT601).mean()) for h in images.high]
-    )
+    from lowlight_cli.evaluate import mean_luma
+
+    lumas = np.array([mean_luma(h.astype(np.float32) / 255.0) for h in images.high])
     scenes = scene_groups(images.high, distance)
     members: dict[int, list[int]] = {}
     for i, s in enumerate(scenes):
