@@ -121,19 +121,13 @@ def quantize8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
 
-LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def mean_luma(img: np.ndarray) -> float:
-    """The mean BT.601 luma of an ``(H, W, 3)`` image in ``[0, 1]``."""
-    return float((img @ LUMA_BT601).mean())
-
-
 def match_mean(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``pred`` scaled so its mean BT.601 luma equals ``target``'s, clamped to ``[0, 1]``.
 
     A black prediction has no brightness to scale and is returned unchanged.
     """
+    from lowlight_cli.metrics import mean_luma
+
     have = mean_luma(pred)
     want = mean_luma(target)
     if have <= 0.0:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from lowlight_cli.errors import UsageError
 
+LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -167,3 +168,9 @@ def psnr_array(pred: np.ndarray, target: np.ndarray) -> float:
 def ssim_array(pred: np.ndarray, target: np.ndarray) -> float:
     """SSIM of two ``(H, W[, C])`` images of the same pixel type, scaled to ``[0, 1]``."""
     return float(ssim(_array_to_tensor(pred), _array_to_tensor(target))[0].item())
+
+
+def mean_luma(img: np.ndarray) -> float:
+    """The mean BT.601 luma of an ``(H, W, 3)`` image in ``[0, 1]`` (the brightness the "at
+    the GT mean" scores match)."""
+    return float((img @ LUMA_BT601).mean())

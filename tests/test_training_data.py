@@ -11,7 +11,7 @@ from conftest import shared_path
 from PIL import Image
 
 from lowlight_cli.errors import UsageError
-from lowlight_cli.evaluate import mean_luma
+from lowlight_cli.metrics import mean_luma
 from lowlight_cli.training.data import (
     Augment,
     IdentityMix,

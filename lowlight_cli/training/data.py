@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from lowlight_cli.errors import ImageError, UsageError
+from lowlight_cli.metrics import mean_luma
 
 if TYPE_CHECKING:
     from lowlight_cli.training.recipes import Recipe
@@ -291,8 +292,6 @@ def scene_exposure_targets(
         The rescaled pairs, and a summary: ``scenes`` (with more than one pair), ``pairs``
         rescaled, ``gain_min`` / ``gain_max`` and the share of target values ``clipped``.
     """
-    from lowlight_cli.evaluate import mean_luma
-
     lumas = np.array([mean_luma(h.astype(np.float32) / 255.0) for h in images.high])
     scenes = scene_groups(images.high, distance)
     members: dict[int, list[int]] = {}
