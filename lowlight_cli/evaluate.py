@@ -214,12 +214,15 @@ def model_enhance_fn(
     weights: str | Path | None = None,
     device: str = "auto",
     ensemble: bool = False,
+    coarse_pass: bool = True,
 ) -> EnhanceFn:
     """The enhancement a user gets from ``lowlight enhance -m model`` (the engine's Enhancer),
-    with ``--ensemble`` when ``ensemble``."""
+    with ``--ensemble`` when ``ensemble``, ``--no-coarse`` when not ``coarse_pass``."""
     from lowlight_cli.engine import Enhancer
 
-    return Enhancer.create(model, weights=weights, device=device, ensemble=ensemble).enhance
+    return Enhancer.create(
+        model, weights=weights, device=device, ensemble=ensemble, coarse_pass=coarse_pass
+    ).enhance
 
 
 def evaluate_models(

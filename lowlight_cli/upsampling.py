@@ -22,6 +22,8 @@ All arrays are ``(H, W, 3)`` float32 RGB, values nominally in ``[0, 1]``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 # Window radius (working-size pixels) and ridge weight of the fast path's fit, chosen on 12 LOL
@@ -129,31 +131,43 @@ def apply_local_affine(
     Returns:
         ``out``.
     """
-    import cv2
-
-    h, w = coeffs.shape[:2]
     height, width = image.shape[:2]
     if out is None:
         out = np.empty((height, width, 3), dtype=np.float32)
-    sx, sy = w / width, h / height
-    for start in range(0, height, APPLY_ROWS):
-        stop = min(start + APPLY_ROWS, height)
-        # Output pixel (x, y) samples the coefficients at ((x + 0.5) sx - 0.5, (y + 0.5) sy -
-        # 0.5), cv2.resize's convention; as an affine warp it works on any block of rows.
-        to_small = np.array(
-            [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (start + 0.5) * sy - 0.5]], dtype=np.float64
-        )
-        block = cv2.warpAffine(
-            coeffs,
-            to_small,
-            (width, stop - start),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        ).reshape(stop - start, width, 3, 4)
+    for start, stop, block in enlarged_blocks(coeffs, height, width):
+        block = block.reshape(stop - start, width, 3, 4)
         result = np.einsum("yxck,yxk->yxc", block[..., :3], image[start:stop])
         result += block[..., 3]
         out[start:stop] = result
     return out
+
+
+def enlarged_blocks(
+    small: np.ndarray, height: int, width: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``small`` enlarged to ``height x width`` (bilinear, edges replicated, as ``cv2.resize``
+    gives it), as ``(start, stop, rows)`` blocks of at most :data:`APPLY_ROWS` rows, so that the
+    enlarged copy never exists whole.
+    """
+    import cv2
+
+    h, w = small.shape[:2]
+    sx, sy = w / width, h / height
+    for start in range(0, height, APPLY_ROWS):
+        stop = min(start + APPLY_ROWS, height)
+        # Output pixel (x, y) samples ``small`` at ((x + 0.5) sx - 0.5, (y + 0.5) sy - 0.5),
+        # cv2.resize's convention; as an affine warp it works on any block of rows.
+        to_small = np.array(
+            [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (start + 0.5) * sy - 0.5]], dtype=np.float64
+        )
+        rows = cv2.warpAffine(
+            small,
+            to_small,
+            (width, stop - start),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        yield start, stop, rows
 
 
 def guided_upsample(

@@ -319,6 +319,31 @@ def test_quality_uses_lol_from_the_data_folder(
     assert [r["model"] for r in rows] == ["gamma"] and rows[0]["n_images"] == 2
 
 
+def test_quality_no_coarse_scores_frlie_without_its_coarse_pass(tmp_path: Path, run_cli) -> None:
+    """By default frlie is scored as `enhance` runs it, with its coarse pass; --no-coarse
+    scores the plain model and says so in the row."""
+    from lowlight_cli.engine import Enhancer
+    from lowlight_cli.evaluate import evaluate_pairs
+    from lowlight_cli.training.data import load_pairs, paired_split
+
+    data = _paired_folder(tmp_path / "lol", h=120, w=160)  # above the coarse copy's size
+    pairs = load_pairs(paired_split(data, "val"))
+    scores = []
+    for flag, coarse_pass in (([], True), (["--no-coarse"], False)):
+        out = tmp_path / f"q{len(flag)}.json"
+        code, _, err = run_cli(
+            ["benchmark", "--quality-only", "--data", str(data), "--models", "frlie",
+             "--json", str(out), *flag]
+        )  # fmt: skip
+        assert code == 0, err
+        (row,) = json.loads(out.read_text())["quality"]
+        assert row.get("note") == ("--no-coarse" if flag else None)
+        fn = Enhancer.create("frlie", coarse_pass=coarse_pass).enhance
+        assert row["psnr"] == pytest.approx(evaluate_pairs(fn, pairs, name="frlie").psnr, abs=1e-3)
+        scores.append(row["psnr"])
+    assert scores[0] != pytest.approx(scores[1], abs=1e-3)
+
+
 def test_quality_ensemble_scores_trained_models_as_enhance_runs_them(
     tmp_path: Path, run_cli
 ) -> None:

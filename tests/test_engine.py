@@ -463,6 +463,94 @@ def test_fast_path_strength_blends_like_the_full_path() -> None:
     np.testing.assert_allclose(half[inside], ((image + whole) / 2)[inside], atol=2e-5)
 
 
+class ShortSightedNet(nn.Module):
+    """Brightens each pixel by the inverse of its 9 x 9 neighbourhood's mean: what it makes of a
+    region's brightness depends on how much of the scene 9 pixels cover (like frlie's FRNet)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = torch.nn.functional.avg_pool2d(
+            x.mean(1, keepdim=True), 9, stride=1, padding=4, count_include_pad=False
+        )
+        return x * (0.3 / (local + 0.1))
+
+
+COARSE = dataclasses.replace(TOY, receptive_margin=8, coarse_pass_mp=0.002)
+
+
+def _striped(h: int, w: int) -> np.ndarray:
+    """A smooth photo whose left half has 12 px stripes: a 9 px view sees each stripe, a view
+    of the whole scene only their mean."""
+    image = _image(h, w)
+    stripes = (np.arange(w) // 6) % 2 == 0
+    image[:, : w // 2][:, stripes[: w // 2]] *= 0.3
+    return image
+
+
+def _broad_luma(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    from lowlight_cli.metrics import LUMA_BT601
+
+    small = cv2.resize(rgb, shape[::-1], interpolation=cv2.INTER_AREA) @ LUMA_BT601
+    return cv2.GaussianBlur(small, (0, 0), engine_module.COARSE_BLUR)
+
+
+def test_coarse_pass_brings_the_broad_brightness_of_the_small_copy_and_keeps_detail() -> None:
+    import cv2
+
+    image = _striped(180, 270)  # 0.0486 MP; the coarse copy is ~0.002 MP
+    kw = {"spec": COARSE, "device": "cpu", "tile": 0, "working_size": "full"}
+    plain = Enhancer(ShortSightedNet(), coarse_pass=False, **kw).enhance(image)
+    out = Enhancer(ShortSightedNet(), **kw).enhance(image)
+    shape = engine_module.shrunk_shape(180, 270, COARSE.coarse_pass_mp)
+    small = cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA)
+    coarse = Enhancer(ShortSightedNet(), coarse_pass=False, **kw).enhance(small)
+    # Broad brightness: most of the way from the full pass's (~0.011 off) to the coarse pass's
+    # (a ratio of blurred lumas, so not exactly: the product of a gain and fine stripes blurs
+    # differently from the two blurred apart).
+    target = _broad_luma(coarse, shape)
+    before = float(np.abs(_broad_luma(plain, shape) - target).mean())
+    after = float(np.abs(_broad_luma(out, shape) - target).mean())
+    assert before > 0.008 and after < 0.4 * before
+    # Detail and colour: the full pass's, times one smooth gain for all three channels.
+    gain = out / plain
+    np.testing.assert_allclose(gain[..., 1], gain[..., 0], rtol=1e-4)
+    np.testing.assert_allclose(gain[..., 2], gain[..., 0], rtol=1e-4)
+    assert np.abs(np.diff(gain[..., 0], axis=1)).max() < 0.02 < np.ptp(gain)
+    assert (
+        _psnr(out - cv2.GaussianBlur(out, (0, 0), 3), plain - cv2.GaussianBlur(plain, (0, 0), 3))
+        > 40
+    )
+
+
+def test_coarse_pass_runs_on_the_working_image_and_only_where_a_model_has_one() -> None:
+    """The model sees the working image and then its coarse copy, each in a mirrored frame;
+    without a coarse pass in the spec, for --no-coarse, or for a photo no larger than the coarse
+    size, the result is the plain model's, bit for bit."""
+    inner = Enhancer(ShortSightedNet(), spec=COARSE, device="cpu", tile=0).backend
+    recorder = _RecordingBackend(inner)
+    enh = Enhancer(spec=COARSE, backend=recorder, tile=0, working_size=0.012)
+    enh.enhance(_image(240, 200))  # working image 120 x 100, coarse copy 49 x 41
+    border = engine_module.WORKING_BORDER
+    assert recorder.shapes == [
+        (120 + 2 * border, 100 + 2 * border),
+        (52 + 2 * border, 44 + 2 * border),
+    ]
+
+    image = _striped(60, 90)
+    kw = {"device": "cpu", "tile": 0, "working_size": "full"}
+    plain = Enhancer(ShortSightedNet(), spec=COARSE, coarse_pass=False, **kw).enhance(image)
+    without = dataclasses.replace(COARSE, coarse_pass_mp=0.0)
+    np.testing.assert_array_equal(
+        Enhancer(ShortSightedNet(), spec=without, **kw).enhance(image), plain
+    )
+    large = dataclasses.replace(COARSE, coarse_pass_mp=0.0054)  # exactly the photo's 60 x 90
+    np.testing.assert_array_equal(
+        Enhancer(ShortSightedNet(), spec=large, **kw).enhance(image), plain
+    )
+    assert not np.array_equal(Enhancer(ShortSightedNet(), spec=COARSE, **kw).enhance(image), plain)
+
+
 def test_default_working_size_per_device_and_model_kind() -> None:
     from lowlight_cli.constants import DEFAULT_WORKING_SIZE_MP
 

@@ -445,3 +445,30 @@ def test_ensemble_reaches_the_engine_from_enhance_and_batch(cli, tmp_path: Path)
     for out in (tmp_path / "e.png", tmp_path / "b" / "d_enhanced.png"):
         got = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
         assert np.abs(got - expected).max() <= 1.0
+
+
+def test_no_coarse_reaches_the_engine_from_enhance_and_batch(cli, tmp_path: Path) -> None:
+    """frlie runs with its coarse pass by default; `--no-coarse` gives the plain model, from
+    `enhance` and `batch` alike."""
+    from lowlight_cli.engine import Enhancer
+
+    (tmp_path / "in").mkdir()
+    src = _dark(tmp_path / "in" / "d.png", size=(200, 150))  # above the coarse copy's size
+    pixels = np.asarray(Image.open(src).convert("RGB"), dtype=np.float32) / 255.0
+    coarse = Enhancer.create("frlie").enhance(pixels) * 255.0
+    plain = Enhancer.create("frlie", coarse_pass=False).enhance(pixels) * 255.0
+    assert np.abs(coarse - plain).max() > 2.0
+    outputs = {
+        "c.png": (["-m", "frlie"], coarse),
+        "p.png": (["-m", "frlie", "--no-coarse"], plain),
+    }
+    for name, (flags, _) in outputs.items():
+        result = cli(["enhance", str(src), *flags, "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    result = cli(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "b"), "-m", "frlie",
+                  "--no-coarse"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    checks = [(tmp_path / n, want) for n, (_, want) in outputs.items()]
+    for out, want in [*checks, (tmp_path / "b" / "d_enhanced.png", plain)]:
+        got = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+        assert np.abs(got - want).max() <= 1.0

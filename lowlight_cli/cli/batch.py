@@ -20,6 +20,7 @@ from lowlight_cli.camera_raw import RAW_EXTENSIONS
 from lowlight_cli.cli.enhance import (
     BACKEND_OPTION,
     BIT_DEPTH_OPTION,
+    COARSE_OPTION,
     DEVICE_OPTION,
     ENSEMBLE_OPTION,
     FORMAT_OPTION,
@@ -114,6 +115,7 @@ def batch(
     upscale: bool = UPSCALE_OPTION,
     supersample: bool = SUPERSAMPLE_OPTION,
     ensemble: bool = ENSEMBLE_OPTION,
+    coarse: bool = COARSE_OPTION,
     fmt: str | None = FORMAT_OPTION,
     quality: int = QUALITY_OPTION,
     bit_depth: int | None = BIT_DEPTH_OPTION,
@@ -170,6 +172,7 @@ def batch(
             upscale=upscale,
             supersample=supersample,
             ensemble=ensemble,
+            coarse_pass=coarse,
             working_size=working_size,
         )
         # Which backend/device/execution provider really ran (onnx may fall back to CPU).

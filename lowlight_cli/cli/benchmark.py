@@ -57,6 +57,8 @@ class BenchmarkOptions:
     gallery: Path | None = None
     # --ensemble: the trained models are scored averaged over the 8 orientations.
     ensemble: bool = False
+    # --no-coarse: frlie is scored without its coarse pass (the plain model).
+    coarse_pass: bool = True
     notes: list[str] = field(default_factory=list)
     # Filled by the quality section for the gallery: model -> thumbnails, in pair order.
     thumbnails: dict[str, list[Any]] = field(default_factory=dict)
@@ -112,7 +114,11 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
         try:
             ensemble = opts.ensemble and get_spec(model).kind == "neural"
             fn = model_enhance_fn(
-                model, weights=opts.weights.get(model), device=opts.device, ensemble=ensemble
+                model,
+                weights=opts.weights.get(model),
+                device=opts.device,
+                ensemble=ensemble,
+                coarse_pass=opts.coarse_pass,
             )
             if opts.gallery is not None:
                 fn = _keep_thumbnails(fn, opts.thumbnails.setdefault(model, []))
@@ -135,8 +141,11 @@ def quality_section(opts: BenchmarkOptions) -> tuple[list[dict[str, Any]], list[
             print_warning(f"{model}: {err}")
             continue
         row = result.to_dict(per_image=opts.per_image)
-        if ensemble:
-            row["note"] = "--ensemble"
+        notes = ["--ensemble"] if ensemble else []
+        if not opts.coarse_pass and get_spec(model).coarse_pass_mp:
+            notes.append("--no-coarse")
+        if notes:
+            row["note"] = " ".join(notes)
         rows.append(row)
     return rows, failures
 
@@ -354,6 +363,12 @@ def benchmark(
         help="Quality: score the trained models as `enhance --ensemble` runs them (the "
         "classical ones as they are).",
     ),
+    coarse: bool = typer.Option(
+        True,
+        "--coarse/--no-coarse",
+        help="Quality: score frlie with its coarse pass, as `enhance` runs it (default), or "
+        "the plain model.",
+    ),
     json_file: str | None = typer.Option(
         None,
         "--json",
@@ -394,6 +409,7 @@ def benchmark(
         budget_s=budget,
         gallery=gallery,
         ensemble=ensemble,
+        coarse_pass=coarse,
     )
     opts.devices = [bm.resolve_device_name(d) for d in bm.parse_list(device, what="device")]
     opts.device = opts.devices[0]  # quality runs once, on the first device

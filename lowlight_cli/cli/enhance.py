@@ -89,6 +89,12 @@ ENSEMBLE_OPTION = typer.Option(
     help="Average the model over the photo's 8 orientations (rotations and mirrors): "
     "cleaner, 8x slower. Trained models only.",
 )
+COARSE_OPTION = typer.Option(
+    True,
+    "--coarse/--no-coarse",
+    help="frlie: take the broad brightness from a second pass over a ~150x100 copy of the "
+    "photo (default); --no-coarse runs the plain model.",
+)
 FORMAT_OPTION = typer.Option(
     None,
     "--format",
@@ -125,6 +131,7 @@ def build_enhancer(
     working_size: str | None = None,
     supersample: bool = False,
     ensemble: bool = False,
+    coarse_pass: bool = True,
 ) -> Enhancer:
     """Create the engine from command-line values (heavy imports happen here, not at startup).
 
@@ -144,6 +151,7 @@ def build_enhancer(
         upscale=upscale,
         supersample=supersample,
         ensemble=ensemble,
+        coarse_pass=coarse_pass,
         working_size=working_size,
     )
 
@@ -260,6 +268,7 @@ def enhance(
     upscale: bool = UPSCALE_OPTION,
     supersample: bool = SUPERSAMPLE_OPTION,
     ensemble: bool = ENSEMBLE_OPTION,
+    coarse: bool = COARSE_OPTION,
     fmt: str | None = FORMAT_OPTION,
     quality: int = QUALITY_OPTION,
     bit_depth: int | None = BIT_DEPTH_OPTION,
@@ -305,6 +314,7 @@ def enhance(
         upscale=upscale,
         supersample=supersample,
         ensemble=ensemble,
+        coarse_pass=coarse,
         working_size=working_size,
     )
     write_options = {
