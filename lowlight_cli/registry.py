@@ -125,7 +125,7 @@ MODELS: dict[str, ModelSpec] = {
         receptive_margin=64,
         # frlie sees a 291 px window, half a LOL frame's width: its local brightness goes
         # wrong in broad patches (a dark band over a night sky). Taking the broad shading from
-        # a pass on a ~150 x 100 copy scored 17.94 -> 19.22 dB, SSIM 0.804 -> 0.811 on the 15
+        # a pass on a ~150 x 100 copy scored 17.94 -> 19.25 dB, SSIM 0.803 -> 0.8105 on the 15
         # held-out pairs (0.008-0.06 MP and blurs of 1-4 coarse pixels tried; docs/models.md).
         coarse_pass_mp=0.015,
     ),
