@@ -319,6 +319,16 @@ def test_quality_uses_lol_from_the_data_folder(
     assert [r["model"] for r in rows] == ["gamma"] and rows[0]["n_images"] == 2
 
 
+def _quality_rows(run_cli, data: Path, models: str, out: Path, flags: list[str]) -> dict:
+    """``benchmark --quality-only`` on ``data`` with ``flags``: its rows by model."""
+    code, _, err = run_cli(
+        ["benchmark", "--quality-only", "--data", str(data), "--models", models,
+         "--json", str(out), *flags]
+    )  # fmt: skip
+    assert code == 0, err
+    return {r["model"]: r for r in json.loads(out.read_text())["quality"]}
+
+
 def test_quality_no_coarse_scores_frlie_without_its_coarse_pass(tmp_path: Path, run_cli) -> None:
     """By default frlie is scored as `enhance` runs it, with its coarse pass; --no-coarse
     scores the plain model and says so in the row."""
@@ -330,13 +340,7 @@ def test_quality_no_coarse_scores_frlie_without_its_coarse_pass(tmp_path: Path, 
     pairs = load_pairs(paired_split(data, "val"))
     scores = []
     for flag, coarse_pass in (([], True), (["--no-coarse"], False)):
-        out = tmp_path / f"q{len(flag)}.json"
-        code, _, err = run_cli(
-            ["benchmark", "--quality-only", "--data", str(data), "--models", "frlie",
-             "--json", str(out), *flag]
-        )  # fmt: skip
-        assert code == 0, err
-        (row,) = json.loads(out.read_text())["quality"]
+        row = _quality_rows(run_cli, data, "frlie", tmp_path / f"q{len(flag)}.json", flag)["frlie"]
         assert row.get("note") == ("--no-coarse" if flag else None)
         fn = Enhancer.create("frlie", coarse_pass=coarse_pass).enhance
         assert row["psnr"] == pytest.approx(evaluate_pairs(fn, pairs, name="frlie").psnr, abs=1e-3)
@@ -357,12 +361,7 @@ def test_quality_ensemble_scores_trained_models_as_enhance_runs_them(
     rows = {}
     for flag in ([], ["--ensemble"]):
         out = tmp_path / f"q{len(flag)}.json"
-        code, _, err = run_cli(
-            ["benchmark", "--quality-only", "--data", str(data), "--models", "neid,gamma",
-             "--json", str(out), *flag]
-        )  # fmt: skip
-        assert code == 0, err
-        rows[bool(flag)] = {r["model"]: r for r in json.loads(out.read_text())["quality"]}
+        rows[bool(flag)] = _quality_rows(run_cli, data, "neid,gamma", out, flag)
     assert rows[True]["neid"]["note"] == "--ensemble" and "note" not in rows[False]["neid"]
     assert rows[True]["gamma"] == rows[False]["gamma"]
     pairs = load_pairs(paired_split(data, "val"))
