@@ -26,7 +26,7 @@ ENV_DATA_DIR = "LOWLIGHT_DATA_DIR"  # holds lol/ (train and benchmark without --
 ENV_HEAP_TUNING = "LOWLIGHT_HEAP_TUNING"  # "0": leave glibc's malloc settings alone
 
 # The default is the model whose shipped weights score best on LOL eval15 and look natural on
-# real photos: nrl 20.77 dB / 0.782 SSIM (neid 19.22 / 0.751, softer; frlie
+# real photos: nrl 20.82 dB / 0.784 SSIM (neid 19.22 / 0.751, softer; frlie
 # 18.66 / 0.741 with its coarse pass, noisier). Revisit when the others catch up
 # (docs/models.md).
 DEFAULT_MODEL = "nrl"
