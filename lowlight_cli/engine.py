@@ -326,19 +326,9 @@ class Enhancer:
             if self.strength < 1.0:
                 self._blend_with_input(out, image)
         else:
-            import cv2
-
             from lowlight_cli.upsampling import UPSAMPLE_EPS, UPSAMPLE_RADIUS, guided_upsample
 
-            # INTER_AREA averages: the small image is what a smaller sensor would have seen.
-            small = cv2.resize(image, small_shape[::-1], interpolation=cv2.INTER_AREA)
-            # Models go wrong in their outermost pixels (zero padding inside): harmless at full
-            # size, but each small pixel becomes several, so mirror a border in and cut it off.
-            b = min(WORKING_BORDER, *(side - 1 for side in small_shape))
-            framed = cv2.copyMakeBorder(small, b, b, b, b, cv2.BORDER_REFLECT_101)
-            small_out = self._photo_pass(framed, progress)[
-                b : b + small_shape[0], b : b + small_shape[1]
-            ]
+            small, small_out = self._shrunk_pass(image, small_shape, progress)
             self._coarse_shading(small, small_out)
             if self.strength < 1.0:
                 # The fit is linear in the output, so blending here equals blending at full size.
@@ -346,6 +336,24 @@ class Enhancer:
             out = guided_upsample(small, small_out, image, radius=UPSAMPLE_RADIUS, eps=UPSAMPLE_EPS)
         np.clip(out, 0.0, 1.0, out=out)
         return out
+
+    def _shrunk_pass(
+        self, image: np.ndarray, shape: tuple[int, int], progress: ProgressCallback | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` shrunk to ``shape`` and the model's output for it (at the output scale)."""
+        import cv2
+
+        # INTER_AREA averages: the small image is what a smaller sensor would have seen.
+        small = cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA)
+        # Models go wrong in their outermost pixels (zero padding inside): harmless at full
+        # size, but each small pixel becomes several, so mirror a border in and cut it off.
+        b = min(WORKING_BORDER, *(side - 1 for side in shape))
+        framed = cv2.copyMakeBorder(small, b, b, b, b, cv2.BORDER_REFLECT_101)
+        s = self.output_scale
+        out = self._photo_pass(framed, progress)[
+            b * s : (b + shape[0]) * s, b * s : (b + shape[1]) * s
+        ]
+        return small, out
 
     def _coarse_shading(self, image: np.ndarray, out: np.ndarray) -> None:
         """Give ``out`` (the model's output for ``image``) the broad brightness of a pass over a
@@ -367,15 +375,9 @@ class Enhancer:
         from lowlight_cli.metrics import LUMA_BT601
         from lowlight_cli.upsampling import enlarged_blocks
 
-        small = cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA)
-        b = min(WORKING_BORDER, *(side - 1 for side in shape))
-        framed = cv2.copyMakeBorder(small, b, b, b, b, cv2.BORDER_REFLECT_101)
-        s = self.output_scale
-        coarse = self._photo_pass(framed, None)[
-            b * s : (b + shape[0]) * s, b * s : (b + shape[1]) * s
-        ]
+        _, coarse = self._shrunk_pass(image, shape, None)
         mine = cv2.resize(out, coarse.shape[1::-1], interpolation=cv2.INTER_AREA)
-        sigma = COARSE_BLUR * s
+        sigma = COARSE_BLUR * self.output_scale
         wanted = cv2.GaussianBlur(np.clip(coarse, 0.0, 1.0) @ LUMA_BT601, (0, 0), sigma)
         have = cv2.GaussianBlur(np.clip(mine, 0.0, 1.0) @ LUMA_BT601, (0, 0), sigma)
         log_gain = np.log((wanted + COARSE_EPS) / (have + COARSE_EPS)).astype(np.float32)

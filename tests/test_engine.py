@@ -530,7 +530,7 @@ def test_coarse_pass_runs_on_the_working_image_and_only_where_a_model_has_one() 
     inner = Enhancer(ShortSightedNet(), spec=COARSE, device="cpu", tile=0).backend
     recorder = _RecordingBackend(inner)
     enh = Enhancer(spec=COARSE, backend=recorder, tile=0, working_size=0.012)
-    enh.enhance(_image(240, 200))  # working image 120 x 100, coarse copy 49 x 41
+    enh.enhance(_image(240, 200))  # working image 120 x 100; coarse copy 49 x 41, padded to 52 x 44
     border = engine_module.WORKING_BORDER
     assert recorder.shapes == [
         (120 + 2 * border, 100 + 2 * border),
